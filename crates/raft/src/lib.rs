@@ -1,1 +1,216 @@
-//! keel-raft
+//! keel's Raft layer: openraft wired to a redb log, a gRPC peer transport and the server's
+//! apply layer.
+//!
+//! Owns: every use of openraft in the workspace. The rest of keel sees only [`KeelRaft`],
+//! [`Applier`], [`Member`], [`RaftStatus`] and [`RaftError`]; no openraft type crosses this
+//! crate's boundary, so upgrading the pinned alpha touches only this crate.
+//! Must never: interpret application payloads.
+
+mod log_store;
+mod network;
+mod state_machine;
+mod types;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::errors::{ClientWriteError, LinearizableReadError};
+use openraft::rt::watch::WatchReceiver;
+use openraft::{Config, ReadPolicy, ServerState, SnapshotPolicy};
+
+pub use log_store::LogStore;
+pub use network::{peer_channel, peer_client, NetworkFactory, PEER_MESSAGE_BYTES_MAX};
+pub use state_machine::{Applier, StateMachine};
+pub use types::{Member, NodeId, Request, Response, TypeConfig};
+
+/// What the server decides about Raft.
+#[derive(Clone, Debug)]
+pub struct RaftConfig {
+    pub id: NodeId,
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_ms: u64,
+    /// The redb file holding the Raft log.
+    pub log_path: PathBuf,
+    /// Take a snapshot (and purge the log behind it) after this many applied entries.
+    pub snapshot_every_entries: u64,
+}
+
+/// Why a Raft operation did not complete here.
+#[derive(Debug, thiserror::Error)]
+pub enum RaftError {
+    /// This member is not the leader; the leader is known.
+    #[error("not leader; leader is {leader:x}")]
+    ForwardTo { leader: NodeId, member: Member },
+    /// No leader is known right now (election in progress or quorum lost).
+    #[error("no leader")]
+    NoLeader,
+    /// Waited past the deadline.
+    #[error("timed out")]
+    Timeout,
+    /// Raft stopped (storage failure or shutdown).
+    #[error("raft stopped: {0}")]
+    Fatal(String),
+}
+
+/// One member's place in the current membership.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberStatus {
+    pub id: NodeId,
+    pub member: Member,
+    pub is_learner: bool,
+}
+
+/// A point-in-time view of this member's Raft state.
+#[derive(Clone, Debug, Default)]
+pub struct RaftStatus {
+    pub id: NodeId,
+    pub leader: Option<NodeId>,
+    pub is_leader: bool,
+    pub term: u64,
+    pub last_log_index: u64,
+    pub committed_index: u64,
+    pub applied_index: u64,
+    pub members: Vec<MemberStatus>,
+}
+
+/// keel's handle to one Raft group member; cheap to clone.
+#[derive(Clone)]
+pub struct KeelRaft {
+    raft: openraft::Raft<TypeConfig, StateMachine>,
+    id: NodeId,
+}
+
+impl KeelRaft {
+    /// Opens the log, builds the state machine adapter and starts Raft.
+    pub async fn start(cfg: &RaftConfig, applier: Arc<dyn Applier>) -> Result<Self, RaftError> {
+        let config = Config {
+            cluster_name: "keel".into(),
+            heartbeat_interval: cfg.heartbeat_interval_ms,
+            election_timeout_min: cfg.election_timeout_ms,
+            election_timeout_max: cfg.election_timeout_ms * 2,
+            enable_pre_vote: Some(true),
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_every_entries),
+            // Keep some log behind a snapshot so a briefly lagging follower catches up from
+            // the log instead of a whole snapshot.
+            max_in_snapshot_log_to_keep: cfg.snapshot_every_entries.min(1000),
+            install_snapshot_timeout: 10_000,
+            ..Default::default()
+        };
+        let config = Arc::new(config.validate().map_err(fatal)?);
+        let log = LogStore::open(&cfg.log_path).map_err(fatal)?;
+        let sm = StateMachine::new(applier);
+        let raft = openraft::Raft::new(cfg.id, config, NetworkFactory, log, sm).await.map_err(fatal)?;
+        Ok(Self { raft, id: cfg.id })
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// Bootstraps a new cluster with these voters. Every founding member may call it with the
+    /// same set (they all write the same first log entry); a member that already has state
+    /// ignores it.
+    pub async fn initialize(&self, members: BTreeMap<NodeId, Member>) -> Result<(), RaftError> {
+        if self.raft.is_initialized().await.map_err(fatal)? {
+            return Ok(());
+        }
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(openraft::errors::RaftError::APIError(e)) => {
+                tracing::info!(error = %e, "raft already initialized");
+                Ok(())
+            }
+            Err(e) => Err(fatal(e)),
+        }
+    }
+
+    /// Replicates one payload and returns what applying it produced.
+    pub async fn write(&self, payload: Vec<u8>) -> Result<Vec<u8>, RaftError> {
+        match self.raft.client_write(Request { payload }).await {
+            Ok(resp) => Ok(resp.data.payload),
+            Err(openraft::errors::RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(forward(f.leader_id, f.leader_node))
+            }
+            Err(e) => Err(fatal(e)),
+        }
+    }
+
+    /// ReadIndex: confirms leadership with a quorum and returns the log index a linearizable
+    /// read must wait for. Only the leader answers; others get `ForwardTo` or `NoLeader`.
+    pub async fn read_index(&self) -> Result<u64, RaftError> {
+        match self.raft.get_read_log_id(ReadPolicy::ReadIndex).await {
+            Ok((read, _applied)) => Ok(read.index()),
+            Err(openraft::errors::RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
+                Err(forward(f.leader_id, f.leader_node))
+            }
+            Err(openraft::errors::RaftError::APIError(e)) => {
+                tracing::debug!(error = %e, "read index failed");
+                Err(RaftError::NoLeader)
+            }
+            Err(e) => Err(fatal(e)),
+        }
+    }
+
+    /// Waits until this member has applied `index`.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), RaftError> {
+        if self.status().applied_index >= index {
+            return Ok(());
+        }
+        self.raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(index), "read index")
+            .await
+            .map(|_| ())
+            .map_err(|_| RaftError::Timeout)
+    }
+
+    /// Waits until some leader is known, up to `timeout`.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Option<NodeId> {
+        let m = self.raft.wait(Some(timeout)).metrics(|m| m.current_leader.is_some(), "leader").await;
+        m.ok().and_then(|m| m.current_leader)
+    }
+
+    /// Asks Raft to hand leadership to `to` (used on graceful shutdown).
+    pub async fn transfer_leader(&self, to: NodeId) -> Result<(), RaftError> {
+        self.raft.trigger().transfer_leader(to).await.map_err(fatal)
+    }
+
+    pub fn status(&self) -> RaftStatus {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, member)| MemberStatus { id: *id, member: member.clone(), is_learner: !voters.contains(id) })
+            .collect();
+        RaftStatus {
+            id: self.id,
+            leader: m.current_leader,
+            is_leader: m.state == ServerState::Leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            committed_index: m.cluster_committed.map_or(0, |l| l.index()),
+            applied_index: m.last_applied.map_or(0, |l| l.index()),
+            members,
+        }
+    }
+
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+}
+
+fn forward(leader: Option<NodeId>, member: Option<Member>) -> RaftError {
+    match (leader, member) {
+        (Some(leader), Some(member)) => RaftError::ForwardTo { leader, member },
+        _ => RaftError::NoLeader,
+    }
+}
+
+fn fatal(e: impl std::fmt::Display) -> RaftError {
+    RaftError::Fatal(e.to_string())
+}

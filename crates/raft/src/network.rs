@@ -1,0 +1,203 @@
+//! Raft peer traffic over gRPC (`keelpb.Peer` on the peer URL), both directions.
+//!
+//! Owns: the serialization of openraft's RPCs (bincode inside `keelpb.RaftMessage`), the client
+//! side (`RaftNetworkV2`) and the server-side dispatch into the local `Raft`.
+//! Must never: retry on its own (openraft owns retries and backoff) or wait longer than the
+//! RPC's hard TTL.
+
+use std::future::Future;
+use std::io::Cursor;
+use std::time::Duration;
+
+use keel_api::keelpb::peer_client::PeerClient;
+use keel_api::keelpb::RaftMessage;
+use openraft::errors::{RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::RPCOption;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{RaftNetworkFactory, RaftNetworkV2};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::types::{Member, NodeId, SnapshotMeta, TypeConfig, Vote};
+use crate::KeelRaft;
+
+/// Largest peer message (a whole snapshot travels in one message for now).
+pub const PEER_MESSAGE_BYTES_MAX: usize = 1 << 30;
+
+type Rpc<T> = Result<T, RPCError<TypeConfig>>;
+
+fn unreachable(msg: impl ToString) -> RPCError<TypeConfig> {
+    RPCError::Unreachable(Unreachable::from_string(msg))
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, tonic::Status> {
+    bincode::serialize(value).map_err(|e| tonic::Status::internal(format!("encode: {e}")))
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, tonic::Status> {
+    bincode::deserialize(bytes).map_err(|e| tonic::Status::invalid_argument(format!("decode: {e}")))
+}
+
+/// Opens a lazily connecting gRPC channel to a peer URL such as `http://127.0.0.1:2380`.
+pub fn peer_channel(url: &str) -> Result<Channel, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(url.to_string())?
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
+/// A gRPC client for the `Peer` service with keel's message-size limits.
+pub fn peer_client(channel: Channel) -> PeerClient<Channel> {
+    PeerClient::new(channel)
+        .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX)
+}
+
+/// Creates one `PeerConn` per target member.
+#[derive(Clone, Default)]
+pub struct NetworkFactory;
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerConn;
+
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerConn {
+        let client = node.peer_urls.first().and_then(|url| peer_channel(url).ok()).map(peer_client);
+        PeerConn { target, client }
+    }
+}
+
+/// The connection to one peer.
+pub struct PeerConn {
+    target: NodeId,
+    client: Option<PeerClient<Channel>>,
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Append,
+    Vote,
+    Snapshot,
+    Transfer,
+}
+
+impl PeerConn {
+    async fn call<Req: Serialize, Resp: DeserializeOwned>(&mut self, kind: Kind, req: &Req, ttl: Duration) -> Rpc<Resp> {
+        let Some(client) = self.client.as_mut() else {
+            return Err(unreachable(format!("member {:x} has no usable peer URL", self.target)));
+        };
+        let msg = RaftMessage { payload: encode(req).map_err(unreachable)? };
+        let call = async {
+            match kind {
+                Kind::Append => client.append_entries(msg).await,
+                Kind::Vote => client.vote(msg).await,
+                Kind::Snapshot => client.install_snapshot(msg).await,
+                Kind::Transfer => client.transfer_leader(msg).await,
+            }
+        };
+        let reply = match tokio::time::timeout(ttl, call).await {
+            Err(_) => return Err(unreachable(format!("member {:x}: timed out after {ttl:?}", self.target))),
+            Ok(Err(status)) => return Err(unreachable(format!("member {:x}: {}", self.target, status.message()))),
+            Ok(Ok(reply)) => reply.into_inner(),
+        };
+        decode(&reply.payload).map_err(unreachable)
+    }
+}
+
+/// Vote and pre-vote share one RPC; the flag tells them apart.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct VoteMessage {
+    pre_vote: bool,
+    request: VoteRequest<TypeConfig>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SnapshotMessage {
+    vote: Vote,
+    meta: SnapshotMeta,
+    /// CRC32C of `data`, checked before the snapshot is installed.
+    crc32c: u32,
+    data: Vec<u8>,
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerConn {
+    type SnapshotData = Cursor<Vec<u8>>;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Rpc<AppendEntriesResponse<TypeConfig>> {
+        self.call(Kind::Append, &rpc, option.hard_ttl()).await
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Rpc<VoteResponse<TypeConfig>> {
+        self.call(Kind::Vote, &VoteMessage { pre_vote: false, request: rpc }, option.hard_ttl()).await
+    }
+
+    async fn pre_vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Rpc<VoteResponse<TypeConfig>> {
+        self.call(Kind::Vote, &VoteMessage { pre_vote: true, request: rpc }, option.hard_ttl()).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: openraft::alias::SnapshotOf<TypeConfig, Cursor<Vec<u8>>>,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let data = snapshot.snapshot.into_inner();
+        let msg = SnapshotMessage { vote, meta: snapshot.meta, crc32c: crc32c::crc32c(&data), data };
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            res = self.call(Kind::Snapshot, &msg, option.hard_ttl()) => res.map_err(StreamingError::from),
+        }
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Rpc<TransferLeaderResponse<TypeConfig>> {
+        self.call(Kind::Transfer, &req, option.hard_ttl()).await
+    }
+}
+
+fn raft_status(e: impl std::fmt::Display) -> tonic::Status {
+    tonic::Status::unavailable(format!("raft: {e}"))
+}
+
+/// Server side of the peer Raft RPCs: decode, hand to the local Raft, encode the reply.
+impl KeelRaft {
+    pub async fn handle_append(&self, payload: &[u8]) -> Result<Vec<u8>, tonic::Status> {
+        let req: AppendEntriesRequest<TypeConfig> = decode(payload)?;
+        encode(&self.raft.append_entries(req).await.map_err(raft_status)?)
+    }
+
+    pub async fn handle_vote(&self, payload: &[u8]) -> Result<Vec<u8>, tonic::Status> {
+        let msg: VoteMessage = decode(payload)?;
+        let resp = if msg.pre_vote {
+            self.raft.pre_vote(msg.request).await
+        } else {
+            self.raft.vote(msg.request).await
+        };
+        encode(&resp.map_err(raft_status)?)
+    }
+
+    pub async fn handle_snapshot(&self, payload: &[u8]) -> Result<Vec<u8>, tonic::Status> {
+        let msg: SnapshotMessage = decode(payload)?;
+        if crc32c::crc32c(&msg.data) != msg.crc32c {
+            return Err(tonic::Status::data_loss("snapshot checksum mismatch"));
+        }
+        let snapshot = openraft::storage::Snapshot { meta: msg.meta, snapshot: Cursor::new(msg.data) };
+        encode(&self.raft.install_full_snapshot(msg.vote, snapshot).await.map_err(raft_status)?)
+    }
+
+    pub async fn handle_transfer_leader(&self, payload: &[u8]) -> Result<Vec<u8>, tonic::Status> {
+        let req: TransferLeaderRequest<TypeConfig> = decode(payload)?;
+        encode(&self.raft.handle_transfer_leader(req).await.map_err(raft_status)?)
+    }
+}
