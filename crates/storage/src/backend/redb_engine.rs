@@ -1,0 +1,194 @@
+//! redb engine: every [`Table`] is a redb table of `&[u8] -> &[u8]` in one file.
+//!
+//! Owns: mapping the seam onto redb transactions and durability levels. Must never
+//! interpret keys or values. A non-durable commit uses redb's `Durability::None`: it is
+//! visible at once and becomes durable with the next `Durability::Immediate` commit.
+
+use std::path::{Path, PathBuf};
+
+use redb::{
+    Database, Durability, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable,
+    TableDefinition, WriteTransaction,
+};
+
+use super::{bounds_are_empty, Backend, Direction, KeyBounds, ReadTxn, Table, Visitor, WriteTxn};
+use crate::error::{Result, StorageError};
+
+type Def = TableDefinition<'static, &'static [u8], &'static [u8]>;
+
+fn definition(table: Table) -> Def {
+    TableDefinition::new(table.name())
+}
+
+/// redb-backed [`Backend`] over one database file.
+pub struct RedbBackend {
+    db: Database,
+    path: PathBuf,
+}
+
+impl RedbBackend {
+    /// Opens the database file at `path`, creating it (and all tables) if missing.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let db = Database::create(&path).map_err(StorageError::backend)?;
+        let txn = db.begin_write().map_err(StorageError::backend)?;
+        for table in Table::ALL {
+            txn.open_table(definition(table))
+                .map_err(StorageError::backend)?;
+        }
+        txn.commit().map_err(StorageError::backend)?;
+        Ok(Self { db, path })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Backend for RedbBackend {
+    fn begin_read(&self) -> Result<Box<dyn ReadTxn>> {
+        let txn = self.db.begin_read().map_err(StorageError::backend)?;
+        let mut tables = Vec::with_capacity(Table::ALL.len());
+        for table in Table::ALL {
+            tables.push(
+                txn.open_table(definition(table))
+                    .map_err(StorageError::backend)?,
+            );
+        }
+        Ok(Box::new(RedbRead { _txn: txn, tables }))
+    }
+
+    fn begin_write(&self) -> Result<Box<dyn WriteTxn>> {
+        let txn = self.db.begin_write().map_err(StorageError::backend)?;
+        Ok(Box::new(RedbWrite { txn }))
+    }
+
+    fn size_bytes(&self) -> Result<u64> {
+        Ok(std::fs::metadata(&self.path)?.len())
+    }
+}
+
+struct RedbRead {
+    // Kept so the snapshot outlives every table opened from it.
+    _txn: ReadTransaction,
+    tables: Vec<ReadOnlyTable<&'static [u8], &'static [u8]>>,
+}
+
+struct RedbWrite {
+    txn: WriteTransaction,
+}
+
+fn get_in<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    table: &T,
+    key: &[u8],
+) -> Result<Option<Vec<u8>>> {
+    let value = table.get(key).map_err(StorageError::backend)?;
+    Ok(value.map(|v| v.value().to_vec()))
+}
+
+fn scan_in<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    table: &T,
+    bounds: KeyBounds<'_>,
+    direction: Direction,
+    visit: &mut Visitor<'_>,
+) -> Result<()> {
+    if bounds_are_empty(&bounds) {
+        return Ok(());
+    }
+    let range = table
+        .range::<&[u8]>(bounds)
+        .map_err(StorageError::backend)?;
+    let entries: Box<dyn Iterator<Item = _>> = match direction {
+        Direction::Forward => Box::new(range),
+        Direction::Backward => Box::new(range.rev()),
+    };
+    for entry in entries {
+        let (key, value) = entry.map_err(StorageError::backend)?;
+        if !visit(key.value(), value.value())? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+impl ReadTxn for RedbRead {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        get_in(&self.tables[table.index()], key)
+    }
+
+    fn scan(
+        &self,
+        table: Table,
+        bounds: KeyBounds<'_>,
+        direction: Direction,
+        visit: &mut Visitor<'_>,
+    ) -> Result<()> {
+        scan_in(&self.tables[table.index()], bounds, direction, visit)
+    }
+}
+
+impl ReadTxn for RedbWrite {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let opened = self
+            .txn
+            .open_table(definition(table))
+            .map_err(StorageError::backend)?;
+        get_in(&opened, key)
+    }
+
+    fn scan(
+        &self,
+        table: Table,
+        bounds: KeyBounds<'_>,
+        direction: Direction,
+        visit: &mut Visitor<'_>,
+    ) -> Result<()> {
+        let opened = self
+            .txn
+            .open_table(definition(table))
+            .map_err(StorageError::backend)?;
+        scan_in(&opened, bounds, direction, visit)
+    }
+}
+
+impl WriteTxn for RedbWrite {
+    fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<()> {
+        let mut opened = self
+            .txn
+            .open_table(definition(table))
+            .map_err(StorageError::backend)?;
+        opened.insert(key, value).map_err(StorageError::backend)?;
+        Ok(())
+    }
+
+    fn delete(&mut self, table: Table, key: &[u8]) -> Result<bool> {
+        let mut opened = self
+            .txn
+            .open_table(definition(table))
+            .map_err(StorageError::backend)?;
+        let removed = opened.remove(key).map_err(StorageError::backend)?;
+        Ok(removed.is_some())
+    }
+
+    fn clear(&mut self, table: Table) -> Result<()> {
+        let mut opened = self
+            .txn
+            .open_table(definition(table))
+            .map_err(StorageError::backend)?;
+        opened.retain(|_, _| false).map_err(StorageError::backend)?;
+        Ok(())
+    }
+
+    fn commit(self: Box<Self>, durable: bool) -> Result<()> {
+        let mut txn = self.txn;
+        let durability = if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        };
+        txn.set_durability(durability)
+            .map_err(StorageError::backend)?;
+        txn.commit().map_err(StorageError::backend)
+    }
+}
