@@ -1,1 +1,51 @@
-fn main() {}
+//! The `keel` binary: parse etcd-style flags, start one member, stop cleanly on SIGTERM/SIGINT.
+
+use clap::Parser;
+use keel_server::{Config, Listeners, Node};
+use tokio::signal::unix::{signal, SignalKind};
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KEEL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let config = Config::parse();
+    init_logging(&config.log_format);
+    let node = match start(&config).await {
+        Ok(node) => node,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("keel: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        eprintln!("keel: cannot install signal handlers");
+        return std::process::ExitCode::FAILURE;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping"),
+    }
+    node.stop().await;
+    std::process::ExitCode::SUCCESS
+}
+
+async fn start(config: &Config) -> Result<Node, keel_server::StartError> {
+    config.validate()?;
+    let listeners = Listeners::bind(config).await?;
+    Node::start(config, listeners).await
+}

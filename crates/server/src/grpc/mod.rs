@@ -1,0 +1,69 @@
+//! gRPC services: the etcd-compatible client API and the peer API, and the routers that
+//! serve them.
+//!
+//! Must never: hold business logic; each service validates, delegates and maps errors.
+
+pub mod kv;
+pub mod maintenance;
+pub mod peer;
+pub mod unimplemented;
+
+use std::sync::Arc;
+
+use keel_api::etcdserverpb::{
+    auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
+    lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
+};
+use keel_api::keelpb::peer_server::PeerServer;
+use keel_api::v3electionpb::election_server::ElectionServer;
+use keel_api::v3lockpb::lock_server::LockServer;
+use keel_raft::PEER_MESSAGE_BYTES_MAX;
+use tonic::service::Routes;
+
+use crate::server::Server;
+
+/// Every client-facing service, with decode limits above `--max-request-bytes`.
+pub async fn client_routes(server: &Arc<Server>) -> Routes {
+    let limit = server.limits.grpc_decode_bytes_max();
+    let (health_reporter, health) = keel_api::health::server::health_reporter();
+    health_reporter
+        .set_service_status("", keel_api::health::ServingStatus::Serving)
+        .await;
+    let mut routes = tonic::service::RoutesBuilder::default();
+    routes
+        .add_service(
+            KvServer::new(kv::KvService {
+                server: server.clone(),
+            })
+            .max_decoding_message_size(limit),
+        )
+        .add_service(
+            MaintenanceServer::new(maintenance::MaintenanceService {
+                server: server.clone(),
+            })
+            .max_decoding_message_size(limit),
+        )
+        .add_service(
+            ClusterServer::new(maintenance::ClusterService {
+                server: server.clone(),
+            })
+            .max_decoding_message_size(limit),
+        )
+        .add_service(WatchServer::new(unimplemented::NotYet))
+        .add_service(LeaseServer::new(unimplemented::NotYet))
+        .add_service(AuthServer::new(unimplemented::NotYet))
+        .add_service(LockServer::new(unimplemented::NotYet))
+        .add_service(ElectionServer::new(unimplemented::NotYet))
+        .add_service(health);
+    routes.routes()
+}
+
+/// The peer service (Raft traffic, forwarding, ReadIndex).
+pub fn peer_routes(server: &Arc<Server>) -> Routes {
+    let peer = PeerServer::new(peer::PeerService {
+        server: server.clone(),
+    })
+    .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+    .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
+    Routes::new(peer)
+}

@@ -1,0 +1,79 @@
+//! The `keelpb.Peer` service on the peer URL: Raft RPCs, forwarded writes and ReadIndex.
+//!
+//! Owns: the server side of member-to-member traffic.
+//! Must never: forward a forwarded write again (the leader proposes it or says "not leader").
+
+use std::sync::Arc;
+
+use keel_api::keelpb::peer_server::Peer;
+use keel_api::keelpb::{
+    ForwardRequest, ForwardResponse, RaftMessage, ReadIndexRequest, ReadIndexResponse,
+};
+use tonic::{Request, Response, Status};
+
+use crate::server::Server;
+
+pub struct PeerService {
+    pub server: Arc<Server>,
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+fn raft_reply(payload: Result<Vec<u8>, Status>) -> Reply<RaftMessage> {
+    Ok(Response::new(RaftMessage { payload: payload? }))
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn append_entries(&self, request: Request<RaftMessage>) -> Reply<RaftMessage> {
+        raft_reply(
+            self.server
+                .raft
+                .handle_append(&request.into_inner().payload)
+                .await,
+        )
+    }
+
+    async fn vote(&self, request: Request<RaftMessage>) -> Reply<RaftMessage> {
+        raft_reply(
+            self.server
+                .raft
+                .handle_vote(&request.into_inner().payload)
+                .await,
+        )
+    }
+
+    async fn install_snapshot(&self, request: Request<RaftMessage>) -> Reply<RaftMessage> {
+        raft_reply(
+            self.server
+                .raft
+                .handle_snapshot(&request.into_inner().payload)
+                .await,
+        )
+    }
+
+    async fn transfer_leader(&self, request: Request<RaftMessage>) -> Reply<RaftMessage> {
+        raft_reply(
+            self.server
+                .raft
+                .handle_transfer_leader(&request.into_inner().payload)
+                .await,
+        )
+    }
+
+    async fn forward(&self, request: Request<ForwardRequest>) -> Reply<ForwardResponse> {
+        let req = request
+            .into_inner()
+            .request
+            .ok_or_else(|| Status::invalid_argument("forward without request"))?;
+        let response = self.server.proposer.propose_local(req).await?;
+        Ok(Response::new(ForwardResponse {
+            response: Some(response),
+        }))
+    }
+
+    async fn read_index(&self, _: Request<ReadIndexRequest>) -> Reply<ReadIndexResponse> {
+        let read_index = self.server.proposer.read_index_local().await?;
+        Ok(Response::new(ReadIndexResponse { read_index }))
+    }
+}

@@ -1,0 +1,117 @@
+//! Services declared on the wire but not built yet: each RPC answers gRPC `Unimplemented`
+//! with a message naming it, so a client learns exactly what is missing.
+//!
+//! Must never: pretend to succeed. Each capability moves out of this file when its issue lands.
+
+use std::pin::Pin;
+
+use futures::Stream;
+use keel_api::error::EtcdError;
+use keel_api::etcdserverpb as pb;
+use keel_api::v3electionpb as el;
+use keel_api::v3lockpb as lk;
+use tonic::{Request, Response, Status, Streaming};
+
+type Reply<T> = Result<Response<T>, Status>;
+pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+pub fn unimplemented<T>(rpc: &str) -> Reply<T> {
+    Err(EtcdError::Unimplemented(rpc.to_string()).to_status())
+}
+
+/// Generates unary trait methods that answer `Unimplemented`. They are spelled in the form
+/// `#[tonic::async_trait]` produces, because that attribute runs before this macro expands.
+macro_rules! unimplemented_rpcs {
+    ($service:literal; $($method:ident($req:ty) -> $resp:ty, $name:literal;)*) => {
+        $(
+            fn $method<'life0, 'async_trait>(
+                &'life0 self,
+                _: tonic::Request<$req>,
+            ) -> ::core::pin::Pin<Box<
+                dyn ::core::future::Future<Output = Result<tonic::Response<$resp>, tonic::Status>>
+                    + Send
+                    + 'async_trait,
+            >>
+            where
+                'life0: 'async_trait,
+                Self: 'async_trait,
+            {
+                Box::pin(async { $crate::grpc::unimplemented::unimplemented(concat!($service, ".", $name)) })
+            }
+        )*
+    };
+}
+pub(crate) use unimplemented_rpcs;
+
+/// Watch, Lease, Auth, Lock and Election until their issues land.
+pub struct NotYet;
+
+#[tonic::async_trait]
+impl pb::watch_server::Watch for NotYet {
+    type WatchStream = BoxStream<pb::WatchResponse>;
+    async fn watch(&self, _: Request<Streaming<pb::WatchRequest>>) -> Reply<Self::WatchStream> {
+        unimplemented("Watch.Watch")
+    }
+}
+
+#[tonic::async_trait]
+impl pb::lease_server::Lease for NotYet {
+    type LeaseKeepAliveStream = BoxStream<pb::LeaseKeepAliveResponse>;
+    async fn lease_keep_alive(
+        &self,
+        _: Request<Streaming<pb::LeaseKeepAliveRequest>>,
+    ) -> Reply<Self::LeaseKeepAliveStream> {
+        unimplemented("Lease.LeaseKeepAlive")
+    }
+    unimplemented_rpcs! { "Lease";
+        lease_grant(pb::LeaseGrantRequest) -> pb::LeaseGrantResponse, "LeaseGrant";
+        lease_revoke(pb::LeaseRevokeRequest) -> pb::LeaseRevokeResponse, "LeaseRevoke";
+        lease_time_to_live(pb::LeaseTimeToLiveRequest) -> pb::LeaseTimeToLiveResponse, "LeaseTimeToLive";
+        lease_leases(pb::LeaseLeasesRequest) -> pb::LeaseLeasesResponse, "LeaseLeases";
+    }
+}
+
+#[tonic::async_trait]
+impl pb::auth_server::Auth for NotYet {
+    unimplemented_rpcs! { "Auth";
+        auth_enable(pb::AuthEnableRequest) -> pb::AuthEnableResponse, "AuthEnable";
+        auth_disable(pb::AuthDisableRequest) -> pb::AuthDisableResponse, "AuthDisable";
+        auth_status(pb::AuthStatusRequest) -> pb::AuthStatusResponse, "AuthStatus";
+        authenticate(pb::AuthenticateRequest) -> pb::AuthenticateResponse, "Authenticate";
+        user_add(pb::AuthUserAddRequest) -> pb::AuthUserAddResponse, "UserAdd";
+        user_get(pb::AuthUserGetRequest) -> pb::AuthUserGetResponse, "UserGet";
+        user_list(pb::AuthUserListRequest) -> pb::AuthUserListResponse, "UserList";
+        user_delete(pb::AuthUserDeleteRequest) -> pb::AuthUserDeleteResponse, "UserDelete";
+        user_change_password(pb::AuthUserChangePasswordRequest) -> pb::AuthUserChangePasswordResponse, "UserChangePassword";
+        user_grant_role(pb::AuthUserGrantRoleRequest) -> pb::AuthUserGrantRoleResponse, "UserGrantRole";
+        user_revoke_role(pb::AuthUserRevokeRoleRequest) -> pb::AuthUserRevokeRoleResponse, "UserRevokeRole";
+        role_add(pb::AuthRoleAddRequest) -> pb::AuthRoleAddResponse, "RoleAdd";
+        role_get(pb::AuthRoleGetRequest) -> pb::AuthRoleGetResponse, "RoleGet";
+        role_list(pb::AuthRoleListRequest) -> pb::AuthRoleListResponse, "RoleList";
+        role_delete(pb::AuthRoleDeleteRequest) -> pb::AuthRoleDeleteResponse, "RoleDelete";
+        role_grant_permission(pb::AuthRoleGrantPermissionRequest) -> pb::AuthRoleGrantPermissionResponse, "RoleGrantPermission";
+        role_revoke_permission(pb::AuthRoleRevokePermissionRequest) -> pb::AuthRoleRevokePermissionResponse, "RoleRevokePermission";
+    }
+}
+
+#[tonic::async_trait]
+impl lk::lock_server::Lock for NotYet {
+    unimplemented_rpcs! { "Lock";
+        lock(lk::LockRequest) -> lk::LockResponse, "Lock";
+        unlock(lk::UnlockRequest) -> lk::UnlockResponse, "Unlock";
+    }
+}
+
+#[tonic::async_trait]
+impl el::election_server::Election for NotYet {
+    type ObserveStream = BoxStream<el::LeaderResponse>;
+    async fn observe(&self, _: Request<el::LeaderRequest>) -> Reply<Self::ObserveStream> {
+        unimplemented("Election.Observe")
+    }
+    unimplemented_rpcs! { "Election";
+        campaign(el::CampaignRequest) -> el::CampaignResponse, "Campaign";
+        proclaim(el::ProclaimRequest) -> el::ProclaimResponse, "Proclaim";
+        leader(el::LeaderRequest) -> el::LeaderResponse, "Leader";
+        resign(el::ResignRequest) -> el::ResignResponse, "Resign";
+    }
+}

@@ -1,0 +1,280 @@
+//! Starting and stopping one keel member.
+//!
+//! Owns: the data directory layout, bootstrapping Raft from `--initial-cluster`, binding the
+//! client and peer listeners, the member's background tasks (publishing its attributes, the
+//! periodic durable commit, physical compaction) and an orderly shutdown.
+//! Must never: serve a request before Raft and the store are open.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_api::keelpb::internal_request::Request as Command;
+use keel_api::keelpb::MemberAttributes;
+use keel_raft::{KeelRaft, Member, RaftConfig};
+use keel_storage::Store;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::apply::{member_attributes, KvApplier};
+use crate::cluster::{cluster_id, member_id};
+use crate::config::{split_urls, url_to_addr, Config, ConfigError};
+use crate::grpc;
+use crate::propose::Proposer;
+use crate::server::{Limits, Server};
+
+/// How often everything applied so far is made durable (the Raft log covers the gap).
+const SYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// Keys per physical compaction step; small so apply never waits long for the write lock.
+const COMPACT_STEP_KEYS: usize = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("data directory {0}: {1}")]
+    DataDir(PathBuf, std::io::Error),
+    #[error("storage: {0}")]
+    Storage(#[from] keel_storage::StorageError),
+    #[error("raft: {0}")]
+    Raft(#[from] keel_raft::RaftError),
+    #[error("listen on {0}: {1}")]
+    Listen(String, std::io::Error),
+}
+
+/// Sockets a member serves on, bound before it starts (tests bind port 0 and read the
+/// addresses back; the binary binds the configured URLs).
+pub struct Listeners {
+    pub client: Vec<TcpListener>,
+    pub peer: Vec<TcpListener>,
+}
+
+impl Listeners {
+    pub async fn bind(config: &Config) -> Result<Self, StartError> {
+        Ok(Self {
+            client: bind_all(&config.listen_client_urls).await?,
+            peer: bind_all(&config.listen_peer_urls).await?,
+        })
+    }
+}
+
+async fn bind_all(urls: &str) -> Result<Vec<TcpListener>, StartError> {
+    let mut out = Vec::new();
+    for url in split_urls(urls) {
+        let addr = url_to_addr(&url)?;
+        out.push(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| StartError::Listen(url.clone(), e))?,
+        );
+    }
+    Ok(out)
+}
+
+/// A running member.
+pub struct Node {
+    pub server: Arc<Server>,
+    pub client_addrs: Vec<SocketAddr>,
+    pub peer_addrs: Vec<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl Node {
+    /// Opens storage and Raft, bootstraps or rejoins the cluster, and starts serving.
+    pub async fn start(config: &Config, listeners: Listeners) -> Result<Node, StartError> {
+        config.validate()?;
+        let member_dir = config.data_dir().join("member");
+        std::fs::create_dir_all(&member_dir)
+            .map_err(|e| StartError::DataDir(member_dir.clone(), e))?;
+
+        let founders = config.initial_members()?;
+        let token = &config.initial_cluster_token;
+        let ids: Vec<u64> = founders
+            .iter()
+            .map(|(_, urls)| member_id(urls, token))
+            .collect();
+        let (_, my_urls) = founders
+            .iter()
+            .find(|(n, _)| *n == config.name)
+            .ok_or_else(|| {
+                ConfigError(format!(
+                    "--initial-cluster has no entry for this member {:?}",
+                    config.name
+                ))
+            })?;
+        let my_id = member_id(my_urls, token);
+
+        let store = Arc::new(Store::open_redb(member_dir.join("kv.redb"))?);
+        let raft_config = RaftConfig {
+            id: my_id,
+            heartbeat_interval_ms: config.heartbeat_interval,
+            election_timeout_ms: config.election_timeout,
+            log_path: member_dir.join("raft.redb"),
+            snapshot_every_entries: config.snapshot_count,
+        };
+        let raft = KeelRaft::start(&raft_config, Arc::new(KvApplier::new(store.clone()))).await?;
+        let server = Arc::new(Server {
+            name: config.name.clone(),
+            member_id: my_id,
+            cluster_id: cluster_id(&ids),
+            client_urls: split_urls(&config.advertise_client_urls),
+            limits: Limits {
+                max_request_bytes: config.max_request_bytes,
+                max_txn_ops: config.max_txn_ops,
+            },
+            store,
+            proposer: Proposer::new(raft.clone(), Duration::from_millis(config.election_timeout)),
+            raft: raft.clone(),
+        });
+
+        let (shutdown, _) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        let peer_addrs = serve_all(
+            &mut tasks,
+            listeners.peer,
+            grpc::peer_routes(&server),
+            &shutdown,
+        );
+        if config.initial_cluster_state == "new" {
+            let members: BTreeMap<u64, Member> = founders
+                .iter()
+                .map(|(name, urls)| {
+                    (
+                        member_id(urls, token),
+                        Member {
+                            name: name.clone(),
+                            peer_urls: urls.clone(),
+                        },
+                    )
+                })
+                .collect();
+            raft.initialize(members).await?;
+        }
+        let client_addrs = serve_all(
+            &mut tasks,
+            listeners.client,
+            grpc::client_routes(&server).await,
+            &shutdown,
+        );
+        tasks.spawn(publish_attributes(server.clone(), shutdown.subscribe()));
+        tasks.spawn(maintain_store(server.store.clone(), shutdown.subscribe()));
+        tracing::info!(name = %config.name, member_id = %format!("{my_id:x}"), ?client_addrs, ?peer_addrs, "keel member started");
+        Ok(Node {
+            server,
+            client_addrs,
+            peer_addrs,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Stops serving, stops Raft and makes everything applied durable.
+    pub async fn stop(mut self) {
+        let _ = self.shutdown.send(true);
+        while self.tasks.join_next().await.is_some() {}
+        self.server.raft.shutdown().await;
+        if let Err(e) = self.server.store.sync() {
+            tracing::error!(error = %e, "final sync failed");
+        }
+        tracing::info!(name = %self.server.name, "keel member stopped");
+    }
+
+    /// Simulates a crash for tests: stops serving and Raft without the final sync.
+    pub async fn kill(mut self) {
+        let _ = self.shutdown.send(true);
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        self.server.raft.shutdown().await;
+    }
+}
+
+fn serve_all(
+    tasks: &mut JoinSet<()>,
+    listeners: Vec<TcpListener>,
+    routes: tonic::service::Routes,
+    shutdown: &watch::Sender<bool>,
+) -> Vec<SocketAddr> {
+    let mut addrs = Vec::new();
+    for listener in listeners {
+        if let Ok(addr) = listener.local_addr() {
+            addrs.push(addr);
+        }
+        let routes = routes.clone();
+        let mut stop = shutdown.subscribe();
+        tasks.spawn(async move {
+            let incoming = TcpListenerStream::new(listener);
+            let result = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await;
+            if let Err(e) = result {
+                tracing::error!(error = %e, "gRPC server failed");
+            }
+        });
+    }
+    addrs
+}
+
+/// Like etcd's publish: once a leader exists, replicate this member's name and client URLs
+/// so that every member's `MemberList` shows them. Retries until it lands or shutdown.
+async fn publish_attributes(server: Arc<Server>, mut stop: watch::Receiver<bool>) {
+    let attrs = MemberAttributes {
+        id: server.member_id,
+        name: server.name.clone(),
+        client_urls: server.client_urls.clone(),
+    };
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        if member_attributes(&server.store, server.member_id).as_ref() == Some(&attrs) {
+            return;
+        }
+        match server
+            .proposer
+            .propose(Command::MemberAttributes(attrs.clone()))
+            .await
+        {
+            Ok(_) => return,
+            Err(e) => tracing::debug!(error = %e, "publishing member attributes; will retry"),
+        }
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Periodic durable commit and physical compaction, off the apply path.
+async fn maintain_store(store: Arc<Store>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(SYNC_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tick.tick() => {}
+        }
+        let store = store.clone();
+        let result =
+            tokio::task::spawn_blocking(move || -> Result<(), keel_storage::StorageError> {
+                while !store.compact_step(COMPACT_STEP_KEYS)? {}
+                store.sync()
+            })
+            .await;
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                // A failed fsync is not retryable: the member must not carry on as if durable.
+                tracing::error!(error = %e, "store maintenance failed; stopping");
+                std::process::exit(1);
+            }
+            Err(e) => tracing::error!(error = %e, "store maintenance task panicked"),
+        }
+    }
+}

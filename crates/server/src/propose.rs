@@ -1,0 +1,244 @@
+//! Proposing writes and fencing linearizable reads.
+//!
+//! Owns: turning a write into one Raft entry (on the leader, or forwarded to it over the peer
+//! channel) and waiting for its applied response; the ReadIndex barrier, batched so that all
+//! reads that arrive while one quorum round is in flight share the next round.
+//! Must never: retry a write that may already have been proposed (only "not proposed here,
+//! the leader is elsewhere / unknown" is retried), or wait without a deadline.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use keel_api::error::{EtcdError, CODE_OK};
+use keel_api::keelpb::internal_response::Response as Applied;
+use keel_api::keelpb::{
+    internal_request, ForwardRequest, InternalRequest, InternalResponse, ReadIndexRequest,
+};
+use keel_raft::{peer_channel, peer_client, KeelRaft, Member, NodeId, RaftError};
+use prost::Message;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+
+/// The Raft group every command belongs to (one group until scale-out).
+pub const GROUP_ID: u64 = 0;
+/// How many times a write or read looks for the leader before giving up.
+const LEADER_ATTEMPTS_MAX: usize = 3;
+
+/// Sends writes and read barriers to wherever the leader is.
+pub struct Proposer {
+    raft: KeelRaft,
+    /// Longest wait for an election before answering "no leader".
+    leader_wait: Duration,
+    request_seq: AtomicU64,
+    peers: Mutex<HashMap<NodeId, Channel>>,
+    reads: ReadBatcher,
+}
+
+impl Proposer {
+    pub fn new(raft: KeelRaft, election_timeout: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            raft,
+            leader_wait: election_timeout * 3,
+            request_seq: AtomicU64::new(1),
+            peers: Mutex::new(HashMap::new()),
+            reads: ReadBatcher::default(),
+        })
+    }
+
+    fn peer(&self, id: NodeId, member: &Member) -> Result<Channel, EtcdError> {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ch) = peers.get(&id) {
+            return Ok(ch.clone());
+        }
+        let url = member.peer_urls.first().ok_or(EtcdError::NoLeader)?;
+        let ch = peer_channel(url).map_err(|_| EtcdError::NoLeader)?;
+        peers.insert(id, ch.clone());
+        Ok(ch)
+    }
+
+    /// Replicates one write and returns its applied response (or the etcd error apply chose).
+    pub async fn propose(&self, request: internal_request::Request) -> Result<Applied, EtcdError> {
+        let req = InternalRequest {
+            group_id: GROUP_ID,
+            request_id: (self.raft.id() << 16) ^ self.request_seq.fetch_add(1, Ordering::Relaxed),
+            request: Some(request),
+        };
+        let resp = self.replicate(req).await?;
+        if resp.error != CODE_OK {
+            return Err(EtcdError::from_code(resp.error).unwrap_or_else(|| {
+                EtcdError::Unknown(format!("etcdserver: error code {}", resp.error))
+            }));
+        }
+        resp.response
+            .ok_or_else(|| EtcdError::Unknown("etcdserver: empty response".into()))
+    }
+
+    /// Proposes locally; never forwards (the forwarding member already did).
+    pub async fn propose_local(&self, req: InternalRequest) -> Result<InternalResponse, EtcdError> {
+        match self.raft.write(req.encode_to_vec()).await {
+            Ok(bytes) => InternalResponse::decode(bytes.as_slice())
+                .map_err(|e| EtcdError::Unknown(e.to_string())),
+            Err(RaftError::ForwardTo { .. }) => Err(EtcdError::NotLeader),
+            Err(e) => Err(raft_error(e)),
+        }
+    }
+
+    async fn replicate(&self, req: InternalRequest) -> Result<InternalResponse, EtcdError> {
+        let payload = req.encode_to_vec();
+        for _ in 0..LEADER_ATTEMPTS_MAX {
+            match self.raft.write(payload.clone()).await {
+                Ok(bytes) => {
+                    return InternalResponse::decode(bytes.as_slice())
+                        .map_err(|e| EtcdError::Unknown(e.to_string()))
+                }
+                Err(RaftError::ForwardTo { leader, member }) => {
+                    let mut client = peer_client(self.peer(leader, &member)?);
+                    let fwd = ForwardRequest {
+                        request: Some(req.clone()),
+                    };
+                    match client.forward(fwd).await {
+                        Ok(resp) => {
+                            return resp.into_inner().response.ok_or(EtcdError::LeaderChanged)
+                        }
+                        // The old leader refused before proposing: look for the new one.
+                        Err(s) if s.message() == EtcdError::NotLeader.to_string() => {
+                            self.await_leader().await?;
+                        }
+                        Err(s) => return Err(status_to_error(&s)),
+                    }
+                }
+                Err(RaftError::NoLeader) => {
+                    self.await_leader().await?;
+                }
+                Err(e) => return Err(raft_error(e)),
+            }
+        }
+        Err(EtcdError::LeaderChanged)
+    }
+
+    async fn await_leader(&self) -> Result<NodeId, EtcdError> {
+        self.raft
+            .wait_for_leader(self.leader_wait)
+            .await
+            .ok_or(EtcdError::NoLeader)
+    }
+
+    /// The linearizable-read barrier: returns once this member has applied everything that was
+    /// committed when the read arrived.
+    pub async fn read_barrier(self: &Arc<Self>) -> Result<(), EtcdError> {
+        let index = self.reads.read_index(self.clone()).await?;
+        self.raft
+            .wait_applied(index, self.leader_wait)
+            .await
+            .map_err(raft_error)
+    }
+
+    /// One ReadIndex round: ask the leader (which may be this member).
+    async fn read_index_round(&self) -> Result<u64, EtcdError> {
+        for _ in 0..LEADER_ATTEMPTS_MAX {
+            match self.raft.read_index().await {
+                Ok(index) => return Ok(index),
+                Err(RaftError::ForwardTo { leader, member }) => {
+                    let mut client = peer_client(self.peer(leader, &member)?);
+                    match client
+                        .read_index(ReadIndexRequest { group_id: GROUP_ID })
+                        .await
+                    {
+                        Ok(resp) => return Ok(resp.into_inner().read_index),
+                        Err(s) if s.message() == EtcdError::NotLeader.to_string() => {
+                            self.await_leader().await?
+                        }
+                        Err(s) => return Err(status_to_error(&s)),
+                    }
+                }
+                Err(RaftError::NoLeader) => self.await_leader().await?,
+                Err(e) => return Err(raft_error(e)),
+            };
+        }
+        Err(EtcdError::LeaderChanged)
+    }
+
+    /// Serves a peer's ReadIndex request: only the leader answers.
+    pub async fn read_index_local(&self) -> Result<u64, EtcdError> {
+        match self.raft.read_index().await {
+            Ok(index) => Ok(index),
+            Err(RaftError::ForwardTo { .. }) => Err(EtcdError::NotLeader),
+            Err(e) => Err(raft_error(e)),
+        }
+    }
+}
+
+pub fn raft_error(e: RaftError) -> EtcdError {
+    match e {
+        RaftError::ForwardTo { .. } => EtcdError::NotLeader,
+        RaftError::NoLeader => EtcdError::NoLeader,
+        RaftError::Timeout => EtcdError::Timeout,
+        RaftError::Fatal(msg) => {
+            tracing::error!(error = %msg, "raft stopped");
+            EtcdError::Stopped
+        }
+    }
+}
+
+/// Maps a status a peer returned back to the error table (peers send etcd's own messages).
+fn status_to_error(s: &tonic::Status) -> EtcdError {
+    EtcdError::CODED
+        .iter()
+        .find(|e| e.to_string() == s.message())
+        .cloned()
+        .unwrap_or_else(|| {
+            tracing::warn!(code = ?s.code(), message = s.message(), "peer call failed");
+            EtcdError::NoLeader
+        })
+}
+
+/// Batches ReadIndex rounds: a read joins the round that starts after it arrives, so one
+/// quorum round serves every read that queued while the previous round was in flight.
+#[derive(Default)]
+struct ReadBatcher {
+    state: Mutex<BatchState>,
+}
+
+#[derive(Default)]
+struct BatchState {
+    waiting: Vec<oneshot::Sender<Result<u64, EtcdError>>>,
+    running: bool,
+}
+
+impl ReadBatcher {
+    async fn read_index(&self, proposer: Arc<Proposer>) -> Result<u64, EtcdError> {
+        let (tx, rx) = oneshot::channel();
+        let start = {
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            state.waiting.push(tx);
+            !std::mem::replace(&mut state.running, true)
+        };
+        if start {
+            tokio::spawn(run_rounds(proposer));
+        }
+        rx.await.unwrap_or(Err(EtcdError::Stopped))
+    }
+}
+
+async fn run_rounds(proposer: Arc<Proposer>) {
+    loop {
+        let batch = {
+            let mut state = proposer
+                .reads
+                .state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if state.waiting.is_empty() {
+                state.running = false;
+                return;
+            }
+            std::mem::take(&mut state.waiting)
+        };
+        let result = proposer.read_index_round().await;
+        for tx in batch {
+            let _ = tx.send(result.clone());
+        }
+    }
+}
