@@ -101,7 +101,9 @@ impl KeelRaft {
         let config = Arc::new(config.validate().map_err(fatal)?);
         let log = LogStore::open(&cfg.log_path).map_err(fatal)?;
         let sm = StateMachine::new(applier);
-        let raft = openraft::Raft::new(cfg.id, config, NetworkFactory, log, sm).await.map_err(fatal)?;
+        let raft = openraft::Raft::new(cfg.id, config, NetworkFactory, log, sm)
+            .await
+            .map_err(fatal)?;
         Ok(Self { raft, id: cfg.id })
     }
 
@@ -142,9 +144,9 @@ impl KeelRaft {
     pub async fn read_index(&self) -> Result<u64, RaftError> {
         match self.raft.get_read_log_id(ReadPolicy::ReadIndex).await {
             Ok((read, _applied)) => Ok(read.index()),
-            Err(openraft::errors::RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
-                Err(forward(f.leader_id, f.leader_node))
-            }
+            Err(openraft::errors::RaftError::APIError(LinearizableReadError::ForwardToLeader(
+                f,
+            ))) => Err(forward(f.leader_id, f.leader_node)),
             Err(openraft::errors::RaftError::APIError(e)) => {
                 tracing::debug!(error = %e, "read index failed");
                 Err(RaftError::NoLeader)
@@ -168,7 +170,11 @@ impl KeelRaft {
 
     /// Waits until some leader is known, up to `timeout`.
     pub async fn wait_for_leader(&self, timeout: Duration) -> Option<NodeId> {
-        let m = self.raft.wait(Some(timeout)).metrics(|m| m.current_leader.is_some(), "leader").await;
+        let m = self
+            .raft
+            .wait(Some(timeout))
+            .metrics(|m| m.current_leader.is_some(), "leader")
+            .await;
         m.ok().and_then(|m| m.current_leader)
     }
 
@@ -183,7 +189,11 @@ impl KeelRaft {
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let members = membership
             .nodes()
-            .map(|(id, member)| MemberStatus { id: *id, member: member.clone(), is_learner: !voters.contains(id) })
+            .map(|(id, member)| MemberStatus {
+                id: *id,
+                member: member.clone(),
+                is_learner: !voters.contains(id),
+            })
             .collect();
         RaftStatus {
             id: self.id,

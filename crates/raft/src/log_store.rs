@@ -52,21 +52,38 @@ pub(crate) fn encode_record<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
 /// Decodes a checksummed record; a bad format byte or checksum is `InvalidData`.
 pub(crate) fn decode_record<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
     if bytes.len() < 5 || bytes[0] != RECORD_FORMAT {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "raft log: bad record header"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "raft log: bad record header",
+        ));
     }
     let want = u32::from_le_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
     let payload = &bytes[5..];
     if crc32c::crc32c(payload) != want {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "raft log: record checksum mismatch"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "raft log: record checksum mismatch",
+        ));
     }
-    bincode::deserialize(payload).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+    bincode::deserialize(payload)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
 }
 
 enum Op {
-    Append { entries: Vec<(u64, u64, Vec<u8>)>, callback: IOFlushed<TypeConfig> },
+    Append {
+        entries: Vec<(u64, u64, Vec<u8>)>,
+        callback: IOFlushed<TypeConfig>,
+    },
     TruncateFrom(u64),
-    Purge { upto: u64, record: Vec<u8> },
-    State { key: &'static str, record: Vec<u8>, done: Option<tokio::sync::oneshot::Sender<io::Result<()>>> },
+    Purge {
+        upto: u64,
+        record: Vec<u8>,
+    },
+    State {
+        key: &'static str,
+        record: Vec<u8>,
+        done: Option<tokio::sync::oneshot::Sender<io::Result<()>>>,
+    },
 }
 
 /// In-memory view that keeps reads consistent while the writer thread catches up.
@@ -106,7 +123,10 @@ impl LogStore {
             Ok(state.get(key).map_err(io_err)?.map(|v| v.value().to_vec()))
         };
         inner.vote = load(KEY_VOTE)?.map(|b| decode_record(&b)).transpose()?;
-        inner.committed = load(KEY_COMMITTED)?.map(|b| decode_record(&b)).transpose()?.flatten();
+        inner.committed = load(KEY_COMMITTED)?
+            .map(|b| decode_record(&b))
+            .transpose()?
+            .flatten();
         inner.last_purged = load(KEY_PURGED)?.map(|b| decode_record(&b)).transpose()?;
         let log = read.open_table(LOG).map_err(io_err)?;
         inner.last_log_id = match log.last().map_err(io_err)? {
@@ -121,7 +141,11 @@ impl LogStore {
         thread::Builder::new()
             .name("keel-raft-log".into())
             .spawn(move || writer_loop(&writer_db, &shared, &rx))?;
-        Ok(Self { db, inner, writer: tx })
+        Ok(Self {
+            db,
+            inner,
+            writer: tx,
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -131,17 +155,33 @@ impl LogStore {
     }
 
     fn send(&self, op: Op) -> io::Result<()> {
-        self.writer.send(op).map_err(|_| io::Error::other("raft log writer stopped"))
+        self.writer
+            .send(op)
+            .map_err(|_| io::Error::other("raft log writer stopped"))
     }
 
-    async fn save_state<T: Serialize>(&self, key: &'static str, value: &T, wait: bool) -> io::Result<()> {
+    async fn save_state<T: Serialize>(
+        &self,
+        key: &'static str,
+        value: &T,
+        wait: bool,
+    ) -> io::Result<()> {
         let record = encode_record(value)?;
         if !wait {
-            return self.send(Op::State { key, record, done: None });
+            return self.send(Op::State {
+                key,
+                record,
+                done: None,
+            });
         }
         let (done, rx) = tokio::sync::oneshot::channel();
-        self.send(Op::State { key, record, done: Some(done) })?;
-        rx.await.map_err(|_| io::Error::other("raft log writer stopped"))?
+        self.send(Op::State {
+            key,
+            record,
+            done: Some(done),
+        })?;
+        rx.await
+            .map_err(|_| io::Error::other("raft log writer stopped"))?
     }
 
     fn read_range(&self, start: u64, end_inclusive: u64) -> io::Result<Vec<Entry>> {
@@ -150,11 +190,16 @@ impl LogStore {
         let (pending, last_index) = {
             let inner = self.lock();
             let last = inner.last_log_id.map(|l| l.index());
-            let pending: BTreeMap<u64, Entry> =
-                inner.pending.range(start..=end_inclusive).map(|(i, (_, e))| (*i, e.clone())).collect();
+            let pending: BTreeMap<u64, Entry> = inner
+                .pending
+                .range(start..=end_inclusive)
+                .map(|(i, (_, e))| (*i, e.clone()))
+                .collect();
             (pending, last)
         };
-        let Some(last_index) = last_index else { return Ok(Vec::new()) };
+        let Some(last_index) = last_index else {
+            return Ok(Vec::new());
+        };
         let end = end_inclusive.min(last_index);
         if start > end {
             return Ok(Vec::new());
@@ -194,10 +239,22 @@ fn writer_loop(db: &Database, inner: &Mutex<Inner>, rx: &mpsc::Receiver<Op>) {
             match op {
                 Op::Append { entries, callback } => {
                     flushed.extend(entries.iter().map(|(i, seq, _)| (*i, *seq)));
-                    callback.io_completed(result.as_ref().map(|_| ()).map_err(|e| io::Error::new(e.kind(), e.to_string())));
+                    callback.io_completed(
+                        result
+                            .as_ref()
+                            .map(|_| ())
+                            .map_err(|e| io::Error::new(e.kind(), e.to_string())),
+                    );
                 }
-                Op::State { done: Some(done), .. } => {
-                    let _ = done.send(result.as_ref().map(|_| ()).map_err(|e| io::Error::new(e.kind(), e.to_string())));
+                Op::State {
+                    done: Some(done), ..
+                } => {
+                    let _ = done.send(
+                        result
+                            .as_ref()
+                            .map(|_| ())
+                            .map_err(|e| io::Error::new(e.kind(), e.to_string())),
+                    );
                 }
                 _ => {}
             }
@@ -232,7 +289,9 @@ fn write_group(db: &Database, ops: &[Op]) -> io::Result<()> {
                 }
                 Op::Purge { upto, record } => {
                     log.retain_in(..=*upto, |_, _| false).map_err(io_err)?;
-                    state.insert(KEY_PURGED, record.as_slice()).map_err(io_err)?;
+                    state
+                        .insert(KEY_PURGED, record.as_slice())
+                        .map_err(io_err)?;
                 }
                 Op::State { key, record, .. } => {
                     state.insert(*key, record.as_slice()).map_err(io_err)?;
@@ -277,7 +336,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let inner = self.lock();
-        Ok(LogState { last_purged_log_id: inner.last_purged, last_log_id: inner.last_log_id })
+        Ok(LogState {
+            last_purged_log_id: inner.last_purged,
+            last_log_id: inner.last_log_id,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -301,7 +363,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.lock().committed)
     }
 
-    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
@@ -318,7 +384,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 inner.pending.insert(index, (seq, entry));
             }
         }
-        self.send(Op::Append { entries: batch, callback })
+        self.send(Op::Append {
+            entries: batch,
+            callback,
+        })
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
@@ -340,7 +409,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 inner.last_log_id = Some(log_id);
             }
         }
-        self.send(Op::Purge { upto: log_id.index(), record: encode_record(&log_id)? })
+        self.send(Op::Purge {
+            upto: log_id.index(),
+            record: encode_record(&log_id)?,
+        })
     }
 }
 
@@ -358,7 +430,10 @@ mod tests {
         rec[last] ^= 0x01;
         let err = decode_record::<(u64, String)>(&rec).expect_err("flipped bit must fail");
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
-        assert!(decode_record::<(u64, String)>(&rec[..3]).is_err(), "short record must fail");
+        assert!(
+            decode_record::<(u64, String)>(&rec[..3]).is_err(),
+            "short record must fail"
+        );
     }
 
     #[test]

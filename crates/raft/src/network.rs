@@ -14,8 +14,8 @@ use keel_api::keelpb::RaftMessage;
 use openraft::errors::{RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::RPCOption;
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::{RaftNetworkFactory, RaftNetworkV2};
 use serde::de::DeserializeOwned;
@@ -65,7 +65,11 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerConn;
 
     async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerConn {
-        let client = node.peer_urls.first().and_then(|url| peer_channel(url).ok()).map(peer_client);
+        let client = node
+            .peer_urls
+            .first()
+            .and_then(|url| peer_channel(url).ok())
+            .map(peer_client);
         PeerConn { target, client }
     }
 }
@@ -85,11 +89,21 @@ enum Kind {
 }
 
 impl PeerConn {
-    async fn call<Req: Serialize, Resp: DeserializeOwned>(&mut self, kind: Kind, req: &Req, ttl: Duration) -> Rpc<Resp> {
+    async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &mut self,
+        kind: Kind,
+        req: &Req,
+        ttl: Duration,
+    ) -> Rpc<Resp> {
         let Some(client) = self.client.as_mut() else {
-            return Err(unreachable(format!("member {:x} has no usable peer URL", self.target)));
+            return Err(unreachable(format!(
+                "member {:x} has no usable peer URL",
+                self.target
+            )));
         };
-        let msg = RaftMessage { payload: encode(req).map_err(unreachable)? };
+        let msg = RaftMessage {
+            payload: encode(req).map_err(unreachable)?,
+        };
         let call = async {
             match kind {
                 Kind::Append => client.append_entries(msg).await,
@@ -99,8 +113,19 @@ impl PeerConn {
             }
         };
         let reply = match tokio::time::timeout(ttl, call).await {
-            Err(_) => return Err(unreachable(format!("member {:x}: timed out after {ttl:?}", self.target))),
-            Ok(Err(status)) => return Err(unreachable(format!("member {:x}: {}", self.target, status.message()))),
+            Err(_) => {
+                return Err(unreachable(format!(
+                    "member {:x}: timed out after {ttl:?}",
+                    self.target
+                )))
+            }
+            Ok(Err(status)) => {
+                return Err(unreachable(format!(
+                    "member {:x}: {}",
+                    self.target,
+                    status.message()
+                )))
+            }
             Ok(Ok(reply)) => reply.into_inner(),
         };
         decode(&reply.payload).map_err(unreachable)
@@ -134,12 +159,36 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
         self.call(Kind::Append, &rpc, option.hard_ttl()).await
     }
 
-    async fn vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Rpc<VoteResponse<TypeConfig>> {
-        self.call(Kind::Vote, &VoteMessage { pre_vote: false, request: rpc }, option.hard_ttl()).await
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Rpc<VoteResponse<TypeConfig>> {
+        self.call(
+            Kind::Vote,
+            &VoteMessage {
+                pre_vote: false,
+                request: rpc,
+            },
+            option.hard_ttl(),
+        )
+        .await
     }
 
-    async fn pre_vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Rpc<VoteResponse<TypeConfig>> {
-        self.call(Kind::Vote, &VoteMessage { pre_vote: true, request: rpc }, option.hard_ttl()).await
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Rpc<VoteResponse<TypeConfig>> {
+        self.call(
+            Kind::Vote,
+            &VoteMessage {
+                pre_vote: true,
+                request: rpc,
+            },
+            option.hard_ttl(),
+        )
+        .await
     }
 
     async fn full_snapshot(
@@ -150,7 +199,12 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let data = snapshot.snapshot.into_inner();
-        let msg = SnapshotMessage { vote, meta: snapshot.meta, crc32c: crc32c::crc32c(&data), data };
+        let msg = SnapshotMessage {
+            vote,
+            meta: snapshot.meta,
+            crc32c: crc32c::crc32c(&data),
+            data,
+        };
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),
             res = self.call(Kind::Snapshot, &msg, option.hard_ttl()) => res.map_err(StreamingError::from),
@@ -192,12 +246,27 @@ impl KeelRaft {
         if crc32c::crc32c(&msg.data) != msg.crc32c {
             return Err(tonic::Status::data_loss("snapshot checksum mismatch"));
         }
-        let snapshot = openraft::storage::Snapshot { meta: msg.meta, snapshot: Cursor::new(msg.data) };
-        encode(&self.raft.install_full_snapshot(msg.vote, snapshot).await.map_err(raft_status)?)
+        let snapshot = openraft::storage::Snapshot {
+            meta: msg.meta,
+            snapshot: Cursor::new(msg.data),
+        };
+        encode(
+            &self
+                .raft
+                .install_full_snapshot(msg.vote, snapshot)
+                .await
+                .map_err(raft_status)?,
+        )
     }
 
     pub async fn handle_transfer_leader(&self, payload: &[u8]) -> Result<Vec<u8>, tonic::Status> {
         let req: TransferLeaderRequest<TypeConfig> = decode(payload)?;
-        encode(&self.raft.handle_transfer_leader(req).await.map_err(raft_status)?)
+        encode(
+            &self
+                .raft
+                .handle_transfer_leader(req)
+                .await
+                .map_err(raft_status)?,
+        )
     }
 }

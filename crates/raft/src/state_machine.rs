@@ -47,7 +47,10 @@ pub struct StateMachine {
 
 impl StateMachine {
     pub fn new(applier: Arc<dyn Applier>) -> Self {
-        Self { applier, current: Arc::new(Mutex::new(None)) }
+        Self {
+            applier,
+            current: Arc::new(Mutex::new(None)),
+        }
     }
 
     fn raft_state(&self) -> io::Result<RaftState> {
@@ -65,15 +68,23 @@ impl StateMachine {
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     type SnapshotData = Cursor<Vec<u8>>;
 
-    async fn build_snapshot(&mut self) -> Result<openraft::alias::SnapshotOf<TypeConfig, Cursor<Vec<u8>>>, io::Error> {
+    async fn build_snapshot(
+        &mut self,
+    ) -> Result<openraft::alias::SnapshotOf<TypeConfig, Cursor<Vec<u8>>>, io::Error> {
         // Raft purges its log up to the snapshot once this returns, so what the snapshot covers
         // must survive a crash of the state machine's non-durable commits.
         self.applier.sync()?;
         let (state, dump) = self.applier.snapshot()?;
         let (last_log_id, last_membership): RaftState = decode_record(&state)?;
-        let meta = SnapshotMeta { last_log_id, last_membership };
+        let meta = SnapshotMeta {
+            last_log_id,
+            last_membership,
+        };
         self.set_current(meta.clone(), dump.clone());
-        Ok(openraft::storage::Snapshot { meta, snapshot: Cursor::new(dump) })
+        Ok(openraft::storage::Snapshot {
+            meta,
+            snapshot: Cursor::new(dump),
+        })
     }
 }
 
@@ -111,7 +122,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let payloads: Vec<Option<&[u8]>> = batch.iter().map(|(p, _)| p.as_deref()).collect();
         let responses = self.applier.apply(&payloads, &state)?;
         if responses.len() != batch.len() {
-            return Err(io::Error::other("applier returned a wrong number of responses"));
+            return Err(io::Error::other(
+                "applier returned a wrong number of responses",
+            ));
         }
         for ((_, responder), payload) in batch.into_iter().zip(responses) {
             if let Some(responder) = responder {
@@ -125,7 +138,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Cursor<Vec<u8>>) -> Result<(), io::Error> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Cursor<Vec<u8>>,
+    ) -> Result<(), io::Error> {
         let dump = snapshot.into_inner();
         self.applier.restore(&dump)?;
         self.set_current(meta.clone(), dump);
@@ -135,7 +152,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<openraft::alias::SnapshotOf<TypeConfig, Cursor<Vec<u8>>>>, io::Error> {
-        let current = self.current.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        Ok(current.map(|(meta, dump)| openraft::storage::Snapshot { meta, snapshot: Cursor::new(dump) }))
+        let current = self
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        Ok(current.map(|(meta, dump)| openraft::storage::Snapshot {
+            meta,
+            snapshot: Cursor::new(dump),
+        }))
     }
 }
