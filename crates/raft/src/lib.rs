@@ -178,9 +178,34 @@ impl KeelRaft {
         m.ok().and_then(|m| m.current_leader)
     }
 
-    /// Asks Raft to hand leadership to `to` (used on graceful shutdown).
-    pub async fn transfer_leader(&self, to: NodeId) -> Result<(), RaftError> {
-        self.raft.trigger().transfer_leader(to).await.map_err(fatal)
+    /// If this member leads, hands leadership to another voter and waits (up to `timeout`)
+    /// until someone else leads, so a graceful stop costs clients no election timeout.
+    pub async fn step_down(&self, timeout: Duration) {
+        let status = self.status();
+        if !status.is_leader {
+            return;
+        }
+        let Some(to) = status
+            .members
+            .iter()
+            .find(|m| m.id != self.id && !m.is_learner)
+            .map(|m| m.id)
+        else {
+            return;
+        };
+        if let Err(e) = self.raft.trigger().transfer_leader(to).await {
+            tracing::warn!(error = %e, "leader transfer failed");
+            return;
+        }
+        let me = Some(self.id);
+        let moved = self
+            .raft
+            .wait(Some(timeout))
+            .metrics(|m| m.current_leader != me, "leader moved")
+            .await;
+        if moved.is_err() {
+            tracing::warn!("leadership did not move within {timeout:?}; stopping anyway");
+        }
     }
 
     pub fn status(&self) -> RaftStatus {

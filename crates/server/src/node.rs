@@ -80,6 +80,7 @@ pub struct Node {
     pub server: Arc<Server>,
     pub client_addrs: Vec<SocketAddr>,
     pub peer_addrs: Vec<SocketAddr>,
+    election_timeout: Duration,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -168,13 +169,15 @@ impl Node {
             server,
             client_addrs,
             peer_addrs,
+            election_timeout: Duration::from_millis(config.election_timeout),
             shutdown,
             tasks,
         })
     }
 
-    /// Stops serving, stops Raft and makes everything applied durable.
+    /// Hands over leadership, stops serving, stops Raft and makes everything applied durable.
     pub async fn stop(mut self) {
+        self.server.raft.step_down(self.election_timeout * 2).await;
         let _ = self.shutdown.send(true);
         while self.tasks.join_next().await.is_some() {}
         self.server.raft.shutdown().await;

@@ -19,10 +19,17 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// gRPC's own decode limit sits above ours so clients see etcd's error text, not gRPC's
-    /// (etcd adds the same 512 KiB of headroom).
-    pub fn grpc_decode_bytes_max(&self) -> usize {
+    /// Like etcd, requests up to `max_request_bytes` plus 512 KiB of gRPC overhead get
+    /// etcd's "request is too large"; beyond that etcd's gRPC layer refuses the message.
+    pub fn grpc_message_bytes_max(&self) -> usize {
         self.max_request_bytes + 512 * 1024
+    }
+
+    /// tonic's own decode limit sits well above `grpc_message_bytes_max` so that keel, not
+    /// tonic, decides the error (tonic's code and text differ from grpc-go's, which clients
+    /// see from etcd). Messages above this are refused by tonic.
+    pub fn grpc_decode_bytes_max(&self) -> usize {
+        self.grpc_message_bytes_max() * 4
     }
 }
 

@@ -134,11 +134,9 @@ fn apply_one(batch: &mut WriteBatch, bytes: &[u8]) -> io::Result<InternalRespons
             })
         }
         Some(internal_request::Request::Txn(r)) => {
-            in_txn(batch, |t| txn::txn(t, &r)).map(|(resp, rev)| {
-                internal_response::Response::Txn(TxnResponse {
-                    header: header(rev),
-                    ..resp
-                })
+            in_txn(batch, |t| txn::txn(t, &r)).map(|(mut resp, rev)| {
+                stamp_headers(&mut resp, rev);
+                internal_response::Response::Txn(resp)
             })
         }
         Some(internal_request::Request::Compaction(r)) => batch
@@ -189,6 +187,22 @@ fn in_txn<T>(
     let out = f(&mut txn)?;
     let outcome = txn.end();
     Ok((out, outcome.revision))
+}
+
+/// etcd gives every response inside a txn (nested ones too) a header holding only the txn's
+/// revision.
+fn stamp_headers(resp: &mut TxnResponse, revision: i64) {
+    use keel_api::etcdserverpb::response_op::Response as Op;
+    resp.header = header(revision);
+    for op in &mut resp.responses {
+        match &mut op.response {
+            Some(Op::ResponseRange(r)) => r.header = header(revision),
+            Some(Op::ResponsePut(r)) => r.header = header(revision),
+            Some(Op::ResponseDeleteRange(r)) => r.header = header(revision),
+            Some(Op::ResponseTxn(t)) => stamp_headers(t, revision),
+            None => {}
+        }
+    }
 }
 
 /// Apply knows only the revision; the answering member fills in the rest of the header.

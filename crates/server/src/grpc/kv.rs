@@ -109,9 +109,17 @@ impl Kv for KvService {
     }
 }
 
-fn check_size(req: &impl Message, limits: &Limits) -> Result<(), EtcdError> {
-    if req.encoded_len() > limits.max_request_bytes {
-        return Err(EtcdError::RequestTooLarge);
+fn check_size(req: &impl Message, limits: &Limits) -> Result<(), Status> {
+    let len = req.encoded_len();
+    if len > limits.grpc_message_bytes_max() {
+        // What grpc-go (and so etcd) answers for a message over its receive limit.
+        let max = limits.grpc_message_bytes_max();
+        return Err(Status::resource_exhausted(format!(
+            "grpc: received message larger than max ({len} vs. {max})"
+        )));
+    }
+    if len > limits.max_request_bytes {
+        return Err(EtcdError::RequestTooLarge.into());
     }
     Ok(())
 }

@@ -1,0 +1,547 @@
+//! In-process cluster harness for keel-server's integration tests.
+//!
+//! Owns: starting N keel members in one process on ephemeral loopback ports (every listener
+//! is bound to port 0 first and its port read back, so there are no port races), their
+//! temporary data directories, crash (`kill`), graceful stop and restart on the same ports,
+//! gRPC clients to each member, and deadline-bounded polling.
+//! Must never: sleep as a way to synchronise (every wait polls a condition under a deadline)
+//! or use a fixed port.
+//!
+//! Each test binary uses a different subset of these helpers.
+#![allow(dead_code)]
+
+use std::fmt::Debug;
+use std::time::{Duration, Instant};
+
+use keel_api::etcdserverpb::cluster_client::ClusterClient;
+use keel_api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use keel_api::etcdserverpb::kv_client::KvClient;
+use keel_api::etcdserverpb::maintenance_client::MaintenanceClient;
+use keel_api::etcdserverpb::{
+    request_op, Compare, DeleteRangeRequest, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    RequestOp, TxnRequest,
+};
+use keel_server::{Config, Listeners, Node};
+use tokio::net::TcpListener;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Response, Status};
+
+/// Raft timings for tests: short enough for quick failover, long enough for a loaded
+/// 2-core machine not to flap.
+pub const HEARTBEAT_MS: &str = "50";
+pub const ELECTION_TIMEOUT_MS: &str = "500";
+/// Longest wait for a leader (several election rounds at the timings above).
+pub const LEADER_WAIT: Duration = Duration::from_secs(15);
+/// Longest wait for a member to catch up or for a condition to settle.
+pub const SETTLE_WAIT: Duration = Duration::from_secs(30);
+/// Every RPC a test sends is bounded by this, so no test hangs on a dead member.
+pub const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause between two probes of a polled condition (the polling cadence, not a synchroniser).
+const POLL_INTERVAL: Duration = Duration::from_millis(25);
+/// Largest response a test client accepts (values up to the 1.5 MiB request limit and more).
+const CLIENT_DECODE_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Logs to the test's captured output; `RUST_LOG` overrides the default filter.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,openraft=warn,h2=warn,hyper=warn,tower=warn")
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
+/// Polls `probe` until it returns `Ok`, at most until `timeout` has passed; panics with
+/// `what` and the last failure otherwise. Each probe is itself bounded by the deadline.
+pub async fn eventually<T>(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::from("never probed");
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left.max(POLL_INTERVAL), probe()).await {
+            Ok(Ok(value)) => return value,
+            Ok(Err(e)) => last = e,
+            Err(_) => last = "probe did not finish before the deadline".into(),
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}; last: {last}");
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// Binds `127.0.0.1:port`, retrying while the old socket of a stopped member still holds it.
+async fn bind_port(port: u16) -> TcpListener {
+    eventually(
+        &format!("127.0.0.1:{port} to be free"),
+        SETTLE_WAIT,
+        async || {
+            TcpListener::bind(("127.0.0.1", port))
+                .await
+                .map_err(|e| e.to_string())
+        },
+    )
+    .await
+}
+
+fn url(port: u16) -> String {
+    format!("http://127.0.0.1:{port}")
+}
+
+/// One member of a test cluster: its configuration and ports stay fixed across restarts.
+pub struct TestMember {
+    pub name: String,
+    pub config: Config,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub member_id: u64,
+    node: Option<Node>,
+    channel: Channel,
+}
+
+impl TestMember {
+    async fn start(&mut self, listeners: Listeners) {
+        let node = Node::start(&self.config, listeners)
+            .await
+            .unwrap_or_else(|e| panic!("member {} failed to start: {e}", self.name));
+        assert_eq!(
+            node.client_addrs.len(),
+            1,
+            "{}: one client listener",
+            self.name
+        );
+        assert_eq!(node.client_addrs[0].port(), self.client_port);
+        assert_eq!(node.peer_addrs[0].port(), self.peer_port);
+        self.member_id = node.server.member_id;
+        self.node = Some(node);
+    }
+}
+
+/// N keel members in this process, each with its own data directory under one temp dir.
+pub struct TestCluster {
+    pub members: Vec<TestMember>,
+    // Dropped last: removes every member's data directory.
+    dir: tempfile::TempDir,
+}
+
+impl TestCluster {
+    /// Starts `size` founding members with etcd-style flags plus `extra_args` (for example
+    /// `["--snapshot-count", "50"]`), and waits until they agree on a leader.
+    pub async fn start(size: usize, extra_args: &[&str]) -> TestCluster {
+        init_tracing();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut client = Vec::new();
+        let mut peer = Vec::new();
+        for _ in 0..size {
+            client.push(TcpListener::bind("127.0.0.1:0").await.expect("bind client"));
+            peer.push(TcpListener::bind("127.0.0.1:0").await.expect("bind peer"));
+        }
+        let port = |l: &TcpListener| l.local_addr().expect("local addr").port();
+        let initial_cluster = peer
+            .iter()
+            .enumerate()
+            .map(|(i, l)| format!("m{i}={}", url(port(l))))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut members = Vec::new();
+        for i in 0..size {
+            let (client_port, peer_port) = (port(&client[i]), port(&peer[i]));
+            let name = format!("m{i}");
+            let data_dir = dir.path().join(&name);
+            let mut args: Vec<String> = [
+                "keel",
+                "--name",
+                &name,
+                "--data-dir",
+                data_dir.to_str().expect("utf-8 temp path"),
+                "--listen-client-urls",
+                &url(client_port),
+                "--advertise-client-urls",
+                &url(client_port),
+                "--listen-peer-urls",
+                &url(peer_port),
+                "--initial-advertise-peer-urls",
+                &url(peer_port),
+                "--initial-cluster",
+                &initial_cluster,
+                "--initial-cluster-state",
+                "new",
+                "--heartbeat-interval",
+                HEARTBEAT_MS,
+                "--election-timeout",
+                ELECTION_TIMEOUT_MS,
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            args.extend(extra_args.iter().map(|s| s.to_string()));
+            let config = Config::try_parse_from(args).expect("test flags parse");
+            members.push(TestMember {
+                name,
+                config,
+                client_port,
+                peer_port,
+                member_id: 0,
+                node: None,
+                channel: channel(client_port),
+            });
+        }
+        let mut cluster = TestCluster { members, dir };
+        let starts = cluster
+            .members
+            .iter_mut()
+            .zip(client.into_iter().zip(peer))
+            .map(|(m, (c, p))| {
+                m.start(Listeners {
+                    client: vec![c],
+                    peer: vec![p],
+                })
+            });
+        futures::future::join_all(starts).await;
+        cluster.wait_for_leader().await;
+        cluster
+    }
+
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn is_running(&self, i: usize) -> bool {
+        self.members[i].node.is_some()
+    }
+
+    /// Indexes of the members currently running.
+    pub fn running(&self) -> Vec<usize> {
+        (0..self.len()).filter(|&i| self.is_running(i)).collect()
+    }
+
+    pub fn node(&self, i: usize) -> &Node {
+        self.members[i]
+            .node
+            .as_ref()
+            .unwrap_or_else(|| panic!("member m{i} is not running"))
+    }
+
+    pub fn member_id(&self, i: usize) -> u64 {
+        self.members[i].member_id
+    }
+
+    pub fn index_of(&self, member_id: u64) -> Option<usize> {
+        self.members.iter().position(|m| m.member_id == member_id)
+    }
+
+    pub fn client_url(&self, i: usize) -> String {
+        url(self.members[i].client_port)
+    }
+
+    pub fn peer_url(&self, i: usize) -> String {
+        url(self.members[i].peer_port)
+    }
+
+    pub fn kv(&self, i: usize) -> KvClient<Channel> {
+        KvClient::new(self.members[i].channel.clone())
+            .max_decoding_message_size(CLIENT_DECODE_BYTES_MAX)
+            .max_encoding_message_size(CLIENT_DECODE_BYTES_MAX)
+    }
+
+    pub fn maintenance(&self, i: usize) -> MaintenanceClient<Channel> {
+        MaintenanceClient::new(self.members[i].channel.clone())
+    }
+
+    pub fn cluster_client(&self, i: usize) -> ClusterClient<Channel> {
+        ClusterClient::new(self.members[i].channel.clone())
+    }
+
+    /// Waits until every running member names the same leader, which is running, considers
+    /// itself leader, and shares its term. Returns the leader's index.
+    pub async fn wait_for_leader(&self) -> usize {
+        eventually("one agreed leader", LEADER_WAIT, async || {
+            self.agreed_leader()
+        })
+        .await
+    }
+
+    fn agreed_leader(&self) -> Result<usize, String> {
+        let statuses: Vec<_> = self
+            .running()
+            .into_iter()
+            .map(|i| (i, self.node(i).server.raft.status()))
+            .collect();
+        let leaders: Vec<usize> = statuses
+            .iter()
+            .filter(|(_, s)| s.is_leader)
+            .map(|(i, _)| *i)
+            .collect();
+        let [leader] = leaders[..] else {
+            return Err(format!("members claiming leadership: {leaders:?}"));
+        };
+        let id = self.member_id(leader);
+        let term = statuses
+            .iter()
+            .find(|(i, _)| *i == leader)
+            .map_or(0, |(_, s)| s.term);
+        for (i, s) in &statuses {
+            if s.leader != Some(id) || s.term != term {
+                return Err(format!(
+                    "m{i} sees leader {:?} term {} (m{leader} is leader, term {term})",
+                    s.leader, s.term
+                ));
+            }
+        }
+        Ok(leader)
+    }
+
+    /// Running members other than `leader`.
+    pub fn followers(&self, leader: usize) -> Vec<usize> {
+        self.running()
+            .into_iter()
+            .filter(|&i| i != leader)
+            .collect()
+    }
+
+    /// Crashes member `i` (no final sync, tasks aborted).
+    pub async fn kill(&mut self, i: usize) {
+        let node = self.members[i].node.take().expect("kill a running member");
+        node.kill().await;
+        tracing::info!(member = i, "killed");
+    }
+
+    /// Stops member `i` gracefully.
+    pub async fn stop(&mut self, i: usize) {
+        let node = self.members[i].node.take().expect("stop a running member");
+        node.stop().await;
+        tracing::info!(member = i, "stopped");
+    }
+
+    /// Stops every running member, all at once.
+    pub async fn stop_all(&mut self) {
+        let nodes: Vec<Node> = self
+            .members
+            .iter_mut()
+            .filter_map(|m| m.node.take())
+            .collect();
+        futures::future::join_all(nodes.into_iter().map(Node::stop)).await;
+    }
+
+    /// Crashes every running member, all at once.
+    pub async fn kill_all(&mut self) {
+        let nodes: Vec<Node> = self
+            .members
+            .iter_mut()
+            .filter_map(|m| m.node.take())
+            .collect();
+        futures::future::join_all(nodes.into_iter().map(Node::kill)).await;
+    }
+
+    /// Restarts member `i` with its old flags, data directory and ports.
+    pub async fn restart(&mut self, i: usize) {
+        assert!(!self.is_running(i), "m{i} is already running");
+        let m = &mut self.members[i];
+        let listeners = Listeners {
+            client: vec![bind_port(m.client_port).await],
+            peer: vec![bind_port(m.peer_port).await],
+        };
+        m.start(listeners).await;
+        tracing::info!(member = i, "restarted");
+    }
+
+    /// Restarts every stopped member, all at once (a majority must come up together).
+    pub async fn restart_all(&mut self) {
+        let mut starts = Vec::new();
+        for m in self.members.iter_mut().filter(|m| m.node.is_none()) {
+            let listeners = Listeners {
+                client: vec![bind_port(m.client_port).await],
+                peer: vec![bind_port(m.peer_port).await],
+            };
+            starts.push(m.start(listeners));
+        }
+        futures::future::join_all(starts).await;
+    }
+
+    /// Stops every member gracefully, then removes the data directories.
+    pub async fn shutdown(mut self) {
+        self.stop_all().await;
+        drop(self.dir);
+    }
+}
+
+fn channel(port: u16) -> Channel {
+    Endpoint::from_shared(url(port))
+        .expect("loopback URL")
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(RPC_TIMEOUT)
+        .tcp_nodelay(true)
+        .connect_lazy()
+}
+
+// ---- request builders and assertions -------------------------------------------------------
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+pub fn keys(resp: &RangeResponse) -> Vec<String> {
+    resp.kvs.iter().map(|kv| text(&kv.key)).collect()
+}
+
+pub fn values(resp: &RangeResponse) -> Vec<String> {
+    resp.kvs.iter().map(|kv| text(&kv.value)).collect()
+}
+
+/// `(key, value)` pairs of a range response.
+pub fn pairs(resp: &RangeResponse) -> Vec<(String, String)> {
+    resp.kvs
+        .iter()
+        .map(|kv| (text(&kv.key), text(&kv.value)))
+        .collect()
+}
+
+pub fn range_req(key: &str, range_end: &str) -> RangeRequest {
+    RangeRequest {
+        key: key.into(),
+        range_end: range_end.into(),
+        ..Default::default()
+    }
+}
+
+/// Every key starting with `prefix` (etcd's prefix range end: last byte plus one).
+pub fn prefix_req(prefix: &str) -> RangeRequest {
+    let mut end = prefix.as_bytes().to_vec();
+    let last = end.last_mut().expect("non-empty prefix");
+    *last += 1;
+    RangeRequest {
+        key: prefix.into(),
+        range_end: end,
+        ..Default::default()
+    }
+}
+
+pub fn put_req(key: &str, value: &str) -> PutRequest {
+    PutRequest {
+        key: key.into(),
+        value: value.into(),
+        ..Default::default()
+    }
+}
+
+pub fn delete_req(key: &str, range_end: &str) -> DeleteRangeRequest {
+    DeleteRangeRequest {
+        key: key.into(),
+        range_end: range_end.into(),
+        ..Default::default()
+    }
+}
+
+pub fn compare(key: &str, result: CompareResult, target: TargetUnion) -> Compare {
+    let kind = match target {
+        TargetUnion::Version(_) => CompareTarget::Version,
+        TargetUnion::CreateRevision(_) => CompareTarget::Create,
+        TargetUnion::ModRevision(_) => CompareTarget::Mod,
+        TargetUnion::Value(_) => CompareTarget::Value,
+        TargetUnion::Lease(_) => CompareTarget::Lease,
+    };
+    Compare {
+        result: result as i32,
+        target: kind as i32,
+        key: key.into(),
+        range_end: Vec::new(),
+        target_union: Some(target),
+    }
+}
+
+pub fn op_put(key: &str, value: &str) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestPut(put_req(key, value))),
+    }
+}
+
+pub fn op_range(key: &str, range_end: &str) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestRange(range_req(key, range_end))),
+    }
+}
+
+pub fn op_delete(key: &str, range_end: &str) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestDeleteRange(delete_req(
+            key, range_end,
+        ))),
+    }
+}
+
+pub fn op_txn(txn: TxnRequest) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestTxn(txn)),
+    }
+}
+
+/// Unwraps an RPC result, naming the call on failure.
+pub fn ok<T>(what: &str, result: Result<Response<T>, Status>) -> T {
+    match result {
+        Ok(resp) => resp.into_inner(),
+        Err(s) => panic!("{what}: unexpected error {:?}: {}", s.code(), s.message()),
+    }
+}
+
+/// Asserts an RPC failed with exactly etcd's status code and message.
+pub fn assert_etcd_error<T: Debug>(
+    what: &str,
+    result: Result<Response<T>, Status>,
+    code: Code,
+    message: &str,
+) {
+    match result {
+        Ok(resp) => panic!("{what}: expected {code:?} {message:?}, got {resp:?}"),
+        Err(s) => {
+            assert_eq!(
+                (s.code(), s.message()),
+                (code, message),
+                "{what}: wrong error"
+            );
+        }
+    }
+}
+
+/// Puts through `kv` and returns the response.
+pub async fn put(kv: &mut KvClient<Channel>, key: &str, value: &str) -> PutResponse {
+    ok(&format!("put {key}"), kv.put(put_req(key, value)).await)
+}
+
+/// A linearizable read of `req` through `kv`.
+pub async fn get(kv: &mut KvClient<Channel>, req: RangeRequest) -> RangeResponse {
+    let what = format!("range {:?}", text(&req.key));
+    ok(&what, kv.range(req).await)
+}
+
+/// The header revision of a response that must have one.
+pub fn rev<H: HasHeader>(resp: &H) -> i64 {
+    resp.header_revision()
+}
+
+/// Response types with an etcd header.
+pub trait HasHeader {
+    fn header_revision(&self) -> i64;
+}
+
+macro_rules! has_header {
+    ($($t:ty),*) => {$(
+        impl HasHeader for $t {
+            fn header_revision(&self) -> i64 {
+                self.header.as_ref().expect("response header").revision
+            }
+        }
+    )*};
+}
+
+has_header!(
+    keel_api::etcdserverpb::RangeResponse,
+    keel_api::etcdserverpb::PutResponse,
+    keel_api::etcdserverpb::DeleteRangeResponse,
+    keel_api::etcdserverpb::TxnResponse,
+    keel_api::etcdserverpb::CompactionResponse
+);
