@@ -118,6 +118,8 @@ const EXPECTED: &[&str] = &[
     "/keelpb.Peer/AppendEntries .keelpb.RaftMessage .keelpb.RaftMessage",
     "/keelpb.Peer/Forward .keelpb.ForwardRequest .keelpb.ForwardResponse",
     "/keelpb.Peer/InstallSnapshot .keelpb.RaftMessage .keelpb.RaftMessage",
+    "/keelpb.Peer/LeaseKeepAlive .etcdserverpb.LeaseKeepAliveRequest .etcdserverpb.LeaseKeepAliveResponse",
+    "/keelpb.Peer/LeaseTimeToLive .etcdserverpb.LeaseTimeToLiveRequest .etcdserverpb.LeaseTimeToLiveResponse",
     "/keelpb.Peer/ReadIndex .keelpb.ReadIndexRequest .keelpb.ReadIndexResponse",
     "/keelpb.Peer/TransferLeader .keelpb.RaftMessage .keelpb.RaftMessage",
     "/keelpb.Peer/Vote .keelpb.RaftMessage .keelpb.RaftMessage",

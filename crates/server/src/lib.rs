@@ -9,6 +9,7 @@ pub mod apply;
 pub mod cluster;
 pub mod config;
 pub mod grpc;
+pub mod lease;
 pub mod node;
 pub mod propose;
 pub mod server;

@@ -20,10 +20,11 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::apply::{member_attributes, KvApplier};
+use crate::apply::{member_attributes, ApplyObserver, Committed, KvApplier};
 use crate::cluster::{cluster_id, member_id};
 use crate::config::{split_urls, url_to_addr, Config, ConfigError};
 use crate::grpc;
+use crate::lease::Leases;
 use crate::propose::Proposer;
 use crate::server::{Limits, Server};
 
@@ -118,7 +119,12 @@ impl Node {
             log_path: member_dir.join("raft.redb"),
             snapshot_every_entries: config.snapshot_count,
         };
-        let raft = KeelRaft::start(&raft_config, Arc::new(KvApplier::new(store.clone()))).await?;
+        let leases = Arc::new(Leases::default());
+        let observer = Arc::new(Observers {
+            leases: leases.clone(),
+        });
+        let applier = Arc::new(KvApplier::new(store.clone(), Some(observer)));
+        let raft = KeelRaft::start(&raft_config, applier).await?;
         let server = Arc::new(Server {
             name: config.name.clone(),
             member_id: my_id,
@@ -127,7 +133,9 @@ impl Node {
             limits: Limits {
                 max_request_bytes: config.max_request_bytes,
                 max_txn_ops: config.max_txn_ops,
+                min_lease_ttl_s: min_lease_ttl_s(config.election_timeout),
             },
+            leases: leases.clone(),
             store,
             proposer: Proposer::new(raft.clone(), Duration::from_millis(config.election_timeout)),
             raft: raft.clone(),
@@ -164,6 +172,8 @@ impl Node {
         );
         tasks.spawn(publish_attributes(server.clone(), shutdown.subscribe()));
         tasks.spawn(maintain_store(server.store.clone(), shutdown.subscribe()));
+        let election_timeout = Duration::from_millis(config.election_timeout);
+        tasks.spawn(leases.run(server.clone(), election_timeout, shutdown.subscribe()));
         tracing::info!(name = %config.name, member_id = %format!("{my_id:x}"), ?client_addrs, ?peer_addrs, "keel member started");
         Ok(Node {
             server,
@@ -224,6 +234,23 @@ fn serve_all(
         });
     }
     addrs
+}
+
+/// etcd's minimum lease TTL: 1.5 election timeouts, rounded up to whole seconds, so a lease
+/// cannot expire during the election that follows a leader failure.
+fn min_lease_ttl_s(election_timeout_ms: u64) -> i64 {
+    (election_timeout_ms * 3 / 2).div_ceil(1000).max(1) as i64
+}
+
+/// Fans each committed apply batch out to the parts of the member that follow it.
+struct Observers {
+    leases: Arc<Leases>,
+}
+
+impl ApplyObserver for Observers {
+    fn committed(&self, batch: &Committed) {
+        self.leases.committed(batch);
+    }
 }
 
 /// Like etcd's publish: once a leader exists, replicate this member's name and client URLs

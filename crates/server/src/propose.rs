@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use keel_api::error::{EtcdError, CODE_OK};
 use keel_api::keelpb::internal_response::Response as Applied;
+use keel_api::keelpb::peer_client::PeerClient;
 use keel_api::keelpb::{
     internal_request, ForwardRequest, InternalRequest, InternalResponse, ReadIndexRequest,
 };
@@ -118,6 +119,11 @@ impl Proposer {
         Err(EtcdError::LeaderChanged)
     }
 
+    /// The longest a request waits for an election (or for a new leader to take over).
+    pub fn leader_wait(&self) -> Duration {
+        self.leader_wait
+    }
+
     async fn await_leader(&self) -> Result<NodeId, EtcdError> {
         self.raft
             .wait_for_leader(self.leader_wait)
@@ -160,6 +166,26 @@ impl Proposer {
         Err(EtcdError::LeaderChanged)
     }
 
+    /// `None` when this member leads; otherwise a client for the leader's peer service.
+    /// Waits (bounded) for an election when no leader is known.
+    pub async fn leader_peer(&self) -> Result<Option<PeerClient<Channel>>, EtcdError> {
+        let mut status = self.raft.status();
+        if status.leader.is_none() {
+            self.await_leader().await?;
+            status = self.raft.status();
+        }
+        let leader = status.leader.ok_or(EtcdError::NoLeader)?;
+        if leader == status.id {
+            return Ok(None);
+        }
+        let member = status
+            .members
+            .iter()
+            .find(|m| m.id == leader)
+            .ok_or(EtcdError::NoLeader)?;
+        Ok(Some(peer_client(self.peer(leader, &member.member)?)))
+    }
+
     /// Serves a peer's ReadIndex request: only the leader answers.
     pub async fn read_index_local(&self) -> Result<u64, EtcdError> {
         match self.raft.read_index().await {
@@ -183,7 +209,7 @@ pub fn raft_error(e: RaftError) -> EtcdError {
 }
 
 /// Maps a status a peer returned back to the error table (peers send etcd's own messages).
-fn status_to_error(s: &tonic::Status) -> EtcdError {
+pub fn status_to_error(s: &tonic::Status) -> EtcdError {
     EtcdError::CODED
         .iter()
         .find(|e| e.to_string() == s.message())

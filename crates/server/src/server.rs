@@ -9,6 +9,7 @@ use keel_api::etcdserverpb::ResponseHeader;
 use keel_raft::KeelRaft;
 use keel_storage::Store;
 
+use crate::lease::Leases;
 use crate::propose::Proposer;
 
 /// Request limits, named with their units.
@@ -16,6 +17,8 @@ use crate::propose::Proposer;
 pub struct Limits {
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
+    /// Shorter lease TTLs are raised to this (etcd: 1.5 election timeouts, whole seconds).
+    pub min_lease_ttl_s: i64,
 }
 
 impl Limits {
@@ -42,6 +45,7 @@ pub struct Server {
     pub store: Arc<Store>,
     pub raft: KeelRaft,
     pub proposer: Arc<Proposer>,
+    pub leases: Arc<Leases>,
 }
 
 impl Server {

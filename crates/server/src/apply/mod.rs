@@ -1,11 +1,12 @@
 //! The apply chain: committed Raft entries in, MVCC writes and responses out.
 //!
 //! Owns: decoding `keelpb.InternalRequest`, dispatching each to its handler inside one MVCC
-//! write batch per Raft apply batch, storing Raft's bookkeeping in the same batch, and the
-//! replicated member attributes.
+//! write batch per Raft apply batch, storing Raft's bookkeeping in the same batch, the
+//! replicated member attributes, and telling the observer (watch hub, lessor) what changed.
 //! Must never: read clocks or randomness, or do I/O outside the store: every member applies the
 //! same entries to the same result.
 
+pub mod lease;
 pub mod range;
 pub mod txn;
 
@@ -14,15 +15,17 @@ use std::sync::{Arc, Mutex};
 
 use keel_api::error::{EtcdError, CODE_OK};
 use keel_api::etcdserverpb::{
-    CompactionResponse, DeleteRangeResponse, PutResponse, ResponseHeader, TxnResponse,
+    CompactionResponse, DeleteRangeResponse, LeaseCheckpointResponse, LeaseGrantResponse,
+    LeaseRevokeResponse, PutResponse, ResponseHeader, TxnResponse,
 };
 use keel_api::keelpb::{
     internal_request, internal_response, InternalRequest, InternalResponse, MemberAttributes,
 };
 use keel_raft::Applier;
-use keel_storage::{Store, WriteBatch};
+use keel_storage::{Event, Store, WriteBatch};
 use prost::Message;
 
+use self::lease::LeaseEffects;
 use self::range::storage_error;
 
 const META_RAFT_STATE: &[u8] = b"raft/state";
@@ -41,14 +44,16 @@ fn io_error(e: impl std::fmt::Display) -> io::Error {
 /// keel's state machine: the MVCC store plus the apply rules.
 pub struct KvApplier {
     store: Arc<Store>,
+    observer: Option<Arc<dyn ApplyObserver>>,
     /// Serialises apply against snapshot-taking so a snapshot's Raft state matches its data.
     apply_lock: Mutex<()>,
 }
 
 impl KvApplier {
-    pub fn new(store: Arc<Store>) -> Self {
+    pub fn new(store: Arc<Store>, observer: Option<Arc<dyn ApplyObserver>>) -> Self {
         Self {
             store,
+            observer,
             apply_lock: Mutex::new(()),
         }
     }
@@ -64,6 +69,27 @@ pub fn member_attributes(store: &Store, id: u64) -> Option<MemberAttributes> {
     MemberAttributes::decode(bytes.as_slice()).ok()
 }
 
+/// What one committed apply batch changed, for the watch hub and the lessor.
+#[derive(Debug, Default)]
+pub struct Committed {
+    /// Events per revision, in revision order.
+    pub revisions: Vec<(i64, Vec<Event>)>,
+    /// Leases granted and revoked, in order.
+    pub leases: Vec<LeaseChange>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseChange {
+    Granted { id: i64, ttl_s: i64 },
+    Revoked { id: i64 },
+}
+
+/// Told about each apply batch after it is committed to the store (so whatever it reads from
+/// the store already includes the batch). Runs on the apply path: must not block.
+pub trait ApplyObserver: Send + Sync + 'static {
+    fn committed(&self, batch: &Committed);
+}
+
 impl Applier for KvApplier {
     fn load_raft_state(&self) -> io::Result<Option<Vec<u8>>> {
         self.store.get_meta(META_RAFT_STATE).map_err(io_error)
@@ -72,11 +98,12 @@ impl Applier for KvApplier {
     fn apply(&self, payloads: &[Option<&[u8]>], raft_state: &[u8]) -> io::Result<Vec<Vec<u8>>> {
         let _guard = self.lock();
         let mut batch = self.store.write().map_err(io_error)?;
+        let mut out = Committed::default();
         let mut responses = Vec::with_capacity(payloads.len());
         for payload in payloads {
             let response = match payload {
                 None => Vec::new(),
-                Some(bytes) => apply_one(&mut batch, bytes)?.encode_to_vec(),
+                Some(bytes) => apply_one(&mut batch, &mut out, bytes)?.encode_to_vec(),
             };
             responses.push(response);
         }
@@ -85,6 +112,9 @@ impl Applier for KvApplier {
             .map_err(io_error)?;
         // Not durable: the Raft log is. `sync` makes it durable before the log is purged.
         batch.commit(false).map_err(io_error)?;
+        if let Some(observer) = &self.observer {
+            observer.committed(&out);
+        }
         Ok(responses)
     }
 
@@ -113,48 +143,77 @@ impl Applier for KvApplier {
 
 /// Applies one request. A request error becomes a response with `error` set; only storage
 /// failures (which stop the member) are `Err`.
-fn apply_one(batch: &mut WriteBatch, bytes: &[u8]) -> io::Result<InternalResponse> {
+fn apply_one(
+    batch: &mut WriteBatch,
+    out: &mut Committed,
+    bytes: &[u8],
+) -> io::Result<InternalResponse> {
+    use internal_request::Request as Req;
+    use internal_response::Response as Resp;
     let req = InternalRequest::decode(bytes)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     let result = match req.request {
-        Some(internal_request::Request::Put(r)) => {
-            in_txn(batch, |t| txn::put(t, &r)).map(|(resp, rev)| {
-                internal_response::Response::Put(PutResponse {
+        Some(Req::Put(r)) => LeaseEffects::for_ids(batch, [r.lease].into())
+            .and_then(|fx| in_txn(batch, out, fx, |t, fx| txn::put(t, fx, &r)))
+            .map(|(resp, rev)| {
+                Resp::Put(PutResponse {
                     header: header(rev),
                     ..resp
                 })
+            }),
+        Some(Req::DeleteRange(r)) => in_txn(batch, out, LeaseEffects::default(), |t, fx| {
+            txn::delete_range(t, fx, &r)
+        })
+        .map(|(resp, rev)| {
+            Resp::DeleteRange(DeleteRangeResponse {
+                header: header(rev),
+                ..resp
             })
-        }
-        Some(internal_request::Request::DeleteRange(r)) => {
-            in_txn(batch, |t| txn::delete_range(t, &r)).map(|(resp, rev)| {
-                internal_response::Response::DeleteRange(DeleteRangeResponse {
-                    header: header(rev),
-                    ..resp
-                })
-            })
-        }
-        Some(internal_request::Request::Txn(r)) => {
-            in_txn(batch, |t| txn::txn(t, &r)).map(|(mut resp, rev)| {
+        }),
+        Some(Req::Txn(r)) => LeaseEffects::for_ops(batch, r.success.iter().chain(&r.failure))
+            .and_then(|fx| in_txn(batch, out, fx, |t, fx| txn::txn(t, fx, &r)))
+            .map(|(mut resp, rev)| {
                 stamp_headers(&mut resp, rev);
-                internal_response::Response::Txn(resp)
-            })
-        }
-        Some(internal_request::Request::Compaction(r)) => batch
+                Resp::Txn(resp)
+            }),
+        Some(Req::Compaction(r)) => batch
             .schedule_compaction(r.revision)
+            .map_err(storage_error)
             .map(|()| {
-                let header = header(batch.current_revision());
-                internal_response::Response::Compaction(CompactionResponse { header })
+                Resp::Compaction(CompactionResponse {
+                    header: header(batch.current_revision()),
+                })
+            }),
+        Some(Req::LeaseGrant(r)) => lease::grant(batch, &r).map(|resp| {
+            out.leases.push(LeaseChange::Granted {
+                id: r.id,
+                ttl_s: r.ttl,
+            });
+            Resp::LeaseGrant(LeaseGrantResponse {
+                header: header(batch.current_revision()),
+                ..resp
             })
-            .map_err(storage_error),
-        Some(internal_request::Request::MemberAttributes(m)) => {
+        }),
+        Some(Req::LeaseRevoke(r)) => lease::revoke(batch, &r).map(|events| {
+            let revision = batch.current_revision();
+            if !events.is_empty() {
+                out.revisions.push((revision, events));
+            }
+            out.leases.push(LeaseChange::Revoked { id: r.id });
+            Resp::LeaseRevoke(LeaseRevokeResponse {
+                header: header(revision),
+            })
+        }),
+        Some(Req::LeaseCheckpoint(r)) => lease::checkpoint(batch, &r).map(|()| {
+            Resp::LeaseCheckpoint(LeaseCheckpointResponse {
+                header: header(batch.current_revision()),
+            })
+        }),
+        Some(Req::MemberAttributes(m)) => {
             batch
                 .put_meta(&member_key(m.id), &m.encode_to_vec())
                 .map_err(io_error)?;
             return Ok(InternalResponse::default());
-        }
-        Some(internal_request::Request::LeaseGrant(_))
-        | Some(internal_request::Request::LeaseRevoke(_)) => {
-            Err(EtcdError::Unimplemented("Lease".into()))
         }
         None => {
             return Err(io::Error::new(
@@ -176,17 +235,24 @@ fn apply_one(batch: &mut WriteBatch, bytes: &[u8]) -> io::Result<InternalRespons
     })
 }
 
-/// Runs `f` as one etcd transaction (one revision). The handlers in `txn.rs` check a request
-/// completely before its first write, so an error leaves the batch untouched.
-/// Returns `f`'s result and the store revision after the transaction.
+/// Runs `f` as one etcd transaction (one revision), then writes its lease attachment changes
+/// and records its events. The handlers in `txn.rs` check a request completely before its
+/// first write, so an error leaves the batch untouched. Returns `f`'s result and the store
+/// revision after the transaction.
 fn in_txn<T>(
     batch: &mut WriteBatch,
-    f: impl FnOnce(&mut keel_storage::TxnWriter<'_>) -> Result<T, EtcdError>,
+    out: &mut Committed,
+    mut fx: LeaseEffects,
+    f: impl FnOnce(&mut keel_storage::TxnWriter<'_>, &mut LeaseEffects) -> Result<T, EtcdError>,
 ) -> Result<(T, i64), EtcdError> {
     let mut txn = batch.begin_txn();
-    let out = f(&mut txn)?;
+    let value = f(&mut txn, &mut fx)?;
     let outcome = txn.end();
-    Ok((out, outcome.revision))
+    fx.write(batch)?;
+    if !outcome.events.is_empty() {
+        out.revisions.push((outcome.revision, outcome.events));
+    }
+    Ok((value, outcome.revision))
 }
 
 /// etcd gives every response inside a txn (nested ones too) a header holding only the txn's

@@ -3,7 +3,9 @@
 //!
 //! Must never: hold business logic; each service validates, delegates and maps errors.
 
+pub mod h2_authority;
 pub mod kv;
+pub mod lease;
 pub mod maintenance;
 pub mod peer;
 pub mod unimplemented;
@@ -50,7 +52,9 @@ pub async fn client_routes(server: &Arc<Server>) -> Routes {
             .max_decoding_message_size(limit),
         )
         .add_service(WatchServer::new(unimplemented::NotYet))
-        .add_service(LeaseServer::new(unimplemented::NotYet))
+        .add_service(LeaseServer::new(lease::LeaseService {
+            server: server.clone(),
+        }))
         .add_service(AuthServer::new(unimplemented::NotYet))
         .add_service(LockServer::new(unimplemented::NotYet))
         .add_service(ElectionServer::new(unimplemented::NotYet))

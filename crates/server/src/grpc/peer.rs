@@ -5,6 +5,9 @@
 
 use std::sync::Arc;
 
+use keel_api::etcdserverpb::{
+    LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+};
 use keel_api::keelpb::peer_server::Peer;
 use keel_api::keelpb::{
     ForwardRequest, ForwardResponse, RaftMessage, ReadIndexRequest, ReadIndexResponse,
@@ -70,6 +73,32 @@ impl Peer for PeerService {
         Ok(Response::new(ForwardResponse {
             response: Some(response),
         }))
+    }
+
+    async fn lease_keep_alive(
+        &self,
+        request: Request<LeaseKeepAliveRequest>,
+    ) -> Reply<LeaseKeepAliveResponse> {
+        let id = request.into_inner().id;
+        Ok(Response::new(
+            self.server
+                .leases
+                .keep_alive_local(&self.server, id)
+                .await?,
+        ))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        request: Request<LeaseTimeToLiveRequest>,
+    ) -> Reply<LeaseTimeToLiveResponse> {
+        let req = request.into_inner();
+        Ok(Response::new(
+            self.server
+                .leases
+                .time_to_live_local(&self.server, &req)
+                .await?,
+        ))
     }
 
     async fn read_index(&self, _: Request<ReadIndexRequest>) -> Reply<ReadIndexResponse> {

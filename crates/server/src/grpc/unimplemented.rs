@@ -43,7 +43,7 @@ macro_rules! unimplemented_rpcs {
 }
 pub(crate) use unimplemented_rpcs;
 
-/// Watch, Lease, Auth, Lock and Election until their issues land.
+/// Watch, Auth, Lock and Election until their issues land.
 pub struct NotYet;
 
 #[tonic::async_trait]
@@ -51,23 +51,6 @@ impl pb::watch_server::Watch for NotYet {
     type WatchStream = BoxStream<pb::WatchResponse>;
     async fn watch(&self, _: Request<Streaming<pb::WatchRequest>>) -> Reply<Self::WatchStream> {
         unimplemented("Watch.Watch")
-    }
-}
-
-#[tonic::async_trait]
-impl pb::lease_server::Lease for NotYet {
-    type LeaseKeepAliveStream = BoxStream<pb::LeaseKeepAliveResponse>;
-    async fn lease_keep_alive(
-        &self,
-        _: Request<Streaming<pb::LeaseKeepAliveRequest>>,
-    ) -> Reply<Self::LeaseKeepAliveStream> {
-        unimplemented("Lease.LeaseKeepAlive")
-    }
-    unimplemented_rpcs! { "Lease";
-        lease_grant(pb::LeaseGrantRequest) -> pb::LeaseGrantResponse, "LeaseGrant";
-        lease_revoke(pb::LeaseRevokeRequest) -> pb::LeaseRevokeResponse, "LeaseRevoke";
-        lease_time_to_live(pb::LeaseTimeToLiveRequest) -> pb::LeaseTimeToLiveResponse, "LeaseTimeToLive";
-        lease_leases(pb::LeaseLeasesRequest) -> pb::LeaseLeasesResponse, "LeaseLeases";
     }
 }
 

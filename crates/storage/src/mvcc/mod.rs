@@ -227,4 +227,9 @@ impl ReadView {
     pub fn leases(&self) -> Result<Vec<(i64, Vec<u8>)>> {
         read::leases(&*self.txn)
     }
+
+    /// Every caller-metadata entry whose key starts with `prefix`, in key order.
+    pub fn meta_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        read::meta_prefix(&*self.txn, prefix)
+    }
 }

@@ -77,6 +77,16 @@ impl WriteBatch {
         self.txn.put(Table::Lease, &encode_i64(lease_id), record)
     }
 
+    /// The lease record stored under `lease_id` (including writes of this batch).
+    pub fn get_lease(&self, lease_id: i64) -> Result<Option<Vec<u8>>> {
+        self.txn.get(Table::Lease, &encode_i64(lease_id))
+    }
+
+    /// Every caller-metadata entry whose key starts with `prefix` (including this batch's).
+    pub fn meta_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        read::meta_prefix(&*self.txn, prefix)
+    }
+
     /// Removes a lease record; returns whether it existed.
     pub fn delete_lease(&mut self, lease_id: i64) -> Result<bool> {
         self.txn.delete(Table::Lease, &encode_i64(lease_id))

@@ -18,6 +18,7 @@ backend_tests!(
     future_revision_read_is_rejected,
     events_replay_history_in_revision_order,
     meta_and_leases_commit_with_data,
+    meta_prefix_and_lease_lookup_see_the_batch,
 );
 
 fn revisions_rise_once_per_writing_txn(f: &Fixture) -> Result<()> {
@@ -432,5 +433,32 @@ fn meta_and_leases_commit_with_data(f: &Fixture) -> Result<()> {
     batch.commit(true)?;
     assert_eq!(store.leases()?.len(), 1);
     assert_eq!(store.get_meta(b"applied_index")?, None);
+    Ok(())
+}
+
+fn meta_prefix_and_lease_lookup_see_the_batch(f: &Fixture) -> Result<()> {
+    let store = &f.store;
+    let mut batch = store.write()?;
+    batch.put_meta(b"lease/1/a", b"")?;
+    batch.put_meta(b"lease/1/b", b"")?;
+    batch.put_meta(b"lease/2/a", b"")?;
+    batch.put_meta(b"lease0", b"")?;
+    batch.put_lease(1, b"one")?;
+    let keys: Vec<Vec<u8>> = batch
+        .meta_prefix(b"lease/1/")?
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(keys, vec![b"lease/1/a".to_vec(), b"lease/1/b".to_vec()]);
+    assert_eq!(batch.get_lease(1)?, Some(b"one".to_vec()));
+    assert_eq!(batch.get_lease(2)?, None);
+    batch.commit(false)?;
+    let view = store.read()?;
+    assert_eq!(
+        view.meta_prefix(b"lease/")?.len(),
+        3,
+        "prefix stops before lease0"
+    );
+    assert!(view.meta_prefix(b"nothing/")?.is_empty());
     Ok(())
 }

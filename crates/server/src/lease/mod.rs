@@ -1,0 +1,280 @@
+//! Leases at run time: the leader's lessor, its expiry and checkpoint loop, and routing of
+//! keepalives and TTL queries to the leader.
+//!
+//! Owns: turning time into Raft commands (expired leases are revoked through Raft; remaining
+//! TTLs are checkpointed through Raft so a new leader continues from them).
+//! Must never: change replicated state except by proposing; keepalives are not Raft writes
+//! (they only move the leader's in-memory deadline), so write load cannot starve them.
+
+pub mod lessor;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use keel_api::error::EtcdError;
+use keel_api::etcdserverpb::{
+    LeaseCheckpoint, LeaseCheckpointRequest, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
+    LeaseRevokeRequest, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+};
+use keel_api::keelpb::internal_request::Request as Command;
+use tokio::sync::watch;
+
+use self::lessor::Lessor;
+use crate::apply::lease::{all_leases, attached_keys, LeaseRecord};
+use crate::apply::range::storage_error;
+use crate::apply::{Committed, LeaseChange};
+use crate::propose::status_to_error;
+use crate::server::Server;
+
+/// How often the leader looks for expired leases and leadership changes.
+const TICK: Duration = Duration::from_millis(100);
+/// How often the leader replicates remaining TTLs; bounds how much longer than its TTL a lease
+/// can live across a leader change.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+/// Most revokes proposed per tick (a burst of expiries drains over several ticks).
+const REVOKES_PER_TICK_MAX: usize = 256;
+/// Most leases per checkpoint command.
+const CHECKPOINTS_PER_COMMAND_MAX: usize = 1024;
+
+/// The member's lessor, shared by the services, the apply observer and the leader loop.
+pub struct Leases {
+    lessor: Mutex<Lessor>,
+    /// Whether the lessor is primary; lets requests that reach a new leader wait for its
+    /// lessor to take over instead of failing.
+    primary: watch::Sender<bool>,
+}
+
+impl Default for Leases {
+    fn default() -> Self {
+        Self {
+            lessor: Mutex::default(),
+            primary: watch::channel(false).0,
+        }
+    }
+}
+
+impl Leases {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Lessor> {
+        self.lessor.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits (bounded) until this member's lessor is primary; `false` if it did not become so.
+    async fn await_primary(&self, server: &Server) -> bool {
+        if !server.raft.status().is_leader {
+            return false;
+        }
+        let mut rx = self.primary.subscribe();
+        tokio::time::timeout(server.proposer.leader_wait(), rx.wait_for(|p| *p))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Called from the apply observer after each committed batch.
+    pub fn committed(&self, batch: &Committed) {
+        if batch.leases.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut lessor = self.lock();
+        for change in &batch.leases {
+            match *change {
+                LeaseChange::Granted { id, ttl_s } => lessor.granted(id, ttl_s, now),
+                LeaseChange::Revoked { id } => lessor.revoked(id),
+            }
+        }
+    }
+
+    /// Answers a keepalive, on the leader or by asking it.
+    pub async fn keep_alive(
+        &self,
+        server: &Server,
+        id: i64,
+    ) -> Result<LeaseKeepAliveResponse, EtcdError> {
+        let ttl = match server.proposer.leader_peer().await? {
+            None => return self.keep_alive_local(server, id).await,
+            Some(mut leader) => match leader.lease_keep_alive(LeaseKeepAliveRequest { id }).await {
+                Ok(resp) => resp.into_inner().ttl,
+                Err(s) => return Err(status_to_error(&s)),
+            },
+        };
+        Ok(LeaseKeepAliveResponse {
+            header: server.header(server.current_revision()),
+            id,
+            ttl,
+        })
+    }
+
+    /// Renews on this member, which must lead (a peer forwarded the keepalive here).
+    pub async fn keep_alive_local(
+        &self,
+        server: &Server,
+        id: i64,
+    ) -> Result<LeaseKeepAliveResponse, EtcdError> {
+        if !self.await_primary(server).await {
+            return Err(EtcdError::NotLeader);
+        }
+        let ttl = self.lock().renew(id, Instant::now()).unwrap_or(0);
+        Ok(LeaseKeepAliveResponse {
+            header: server.header(server.current_revision()),
+            id,
+            ttl,
+        })
+    }
+
+    /// `LeaseTimeToLive`, on the leader or by asking it. An unknown lease has TTL -1 (etcd).
+    pub async fn time_to_live(
+        &self,
+        server: &Server,
+        req: LeaseTimeToLiveRequest,
+    ) -> Result<LeaseTimeToLiveResponse, EtcdError> {
+        match server.proposer.leader_peer().await? {
+            None => self.time_to_live_local(server, &req).await,
+            Some(mut leader) => {
+                let mut resp = leader
+                    .lease_time_to_live(req)
+                    .await
+                    .map_err(|s| status_to_error(&s))?
+                    .into_inner();
+                resp.header = server.header(resp.header.map_or(0, |h| h.revision));
+                Ok(resp)
+            }
+        }
+    }
+
+    /// Answers from this member's lessor and store; this member must lead.
+    pub async fn time_to_live_local(
+        &self,
+        server: &Server,
+        req: &LeaseTimeToLiveRequest,
+    ) -> Result<LeaseTimeToLiveResponse, EtcdError> {
+        server.proposer.read_barrier().await?;
+        if !self.await_primary(server).await {
+            return Err(EtcdError::NotLeader);
+        }
+        let remaining = self.lock().remaining_s(req.id, Instant::now());
+        let view = server.store.read().map_err(storage_error)?;
+        let header = server.header(view.current_revision());
+        let Some((granted_ttl, ttl)) = remaining else {
+            return Ok(LeaseTimeToLiveResponse {
+                header,
+                id: req.id,
+                ttl: -1,
+                granted_ttl: 0,
+                keys: vec![],
+            });
+        };
+        let keys = if req.keys {
+            attached_keys(&view, req.id).map_err(storage_error)?
+        } else {
+            vec![]
+        };
+        Ok(LeaseTimeToLiveResponse {
+            header,
+            id: req.id,
+            ttl,
+            granted_ttl,
+            keys,
+        })
+    }
+
+    /// The leader loop: follows leadership, revokes expired leases, checkpoints TTLs.
+    pub async fn run(
+        self: Arc<Self>,
+        server: Arc<Server>,
+        election_timeout: Duration,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_checkpoint = Instant::now();
+        let in_flight: Arc<Mutex<HashSet<i64>>> = Arc::default();
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.wait_for(|s| *s) => return,
+                _ = tick.tick() => {}
+            }
+            let leads = server.raft.status().is_leader;
+            let primary = self.lock().is_primary();
+            if leads && !primary {
+                if let Err(e) = self.promote(&server, election_timeout).await {
+                    tracing::warn!(error = %e, "lessor promotion failed; will retry");
+                }
+                continue;
+            }
+            if !leads {
+                if primary {
+                    self.lock().demote();
+                    self.primary.send_replace(false);
+                }
+                continue;
+            }
+            self.revoke_expired(&server, &in_flight);
+            if last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
+                last_checkpoint = Instant::now();
+                self.checkpoint(&server).await;
+            }
+        }
+    }
+
+    /// Loads every lease from a store that has applied everything committed before this
+    /// member's term began, then starts the clocks.
+    async fn promote(&self, server: &Server, election_timeout: Duration) -> Result<(), EtcdError> {
+        server.proposer.read_barrier().await?;
+        // Hold the lessor while reading the store: a grant applied after the read reaches
+        // `committed` only after this promotion and is added then.
+        let mut lessor = self.lock();
+        let view = server.store.read().map_err(storage_error)?;
+        let records: Vec<(i64, LeaseRecord)> = all_leases(&view).map_err(storage_error)?;
+        lessor.promote(Instant::now(), &records, election_timeout);
+        self.primary.send_replace(true);
+        tracing::info!(leases = records.len(), "lessor promoted");
+        Ok(())
+    }
+
+    fn revoke_expired(&self, server: &Arc<Server>, in_flight: &Arc<Mutex<HashSet<i64>>>) {
+        let expired = self.lock().expired(Instant::now(), REVOKES_PER_TICK_MAX);
+        for id in expired {
+            if !in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id)
+            {
+                continue;
+            }
+            let server = server.clone();
+            let in_flight = in_flight.clone();
+            tokio::spawn(async move {
+                let result = server
+                    .proposer
+                    .propose(Command::LeaseRevoke(LeaseRevokeRequest { id }))
+                    .await;
+                if let Err(e) = result {
+                    if e != EtcdError::LeaseNotFound {
+                        tracing::warn!(lease = id, error = %e, "revoking an expired lease failed; will retry");
+                    }
+                }
+                in_flight
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
+            });
+        }
+    }
+
+    async fn checkpoint(&self, server: &Server) {
+        let all = self.lock().checkpoints(Instant::now());
+        for chunk in all.chunks(CHECKPOINTS_PER_COMMAND_MAX) {
+            let checkpoints = chunk
+                .iter()
+                .map(|&(id, remaining_ttl)| LeaseCheckpoint { id, remaining_ttl })
+                .collect();
+            let cmd = Command::LeaseCheckpoint(LeaseCheckpointRequest { checkpoints });
+            if let Err(e) = server.proposer.propose(cmd).await {
+                tracing::debug!(error = %e, "lease checkpoint not replicated");
+                return;
+            }
+        }
+    }
+}
