@@ -200,6 +200,8 @@ etcd_error_table! {
     ElectionNoLeader = 901, Unknown, "election: no leader";
     /// Proclaim/Resign without the `leader` field.
     ElectionMissingLeaderKey = 902, Unknown, "\"leader\" field must be provided";
+    /// The lock waiter's key vanished (its lease expired) while it waited.
+    LockSessionExpired = 903, Unknown, "mutex: session is expired";
 }
 
 impl EtcdError {

@@ -145,6 +145,7 @@ struct SnapshotMessage {
     meta: SnapshotMeta,
     /// CRC32C of `data`, checked before the snapshot is installed.
     crc32c: u32,
+    #[serde(with = "serde_bytes")]
     data: Vec<u8>,
 }
 

@@ -14,6 +14,9 @@ pub type NodeId = u64;
 /// One replicated write: a protobuf-encoded `keelpb.InternalRequest`, opaque to Raft.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
+    /// Serialized as one byte string (not a sequence of u8): entries can be megabytes and are
+    /// encoded on every append and replication.
+    #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
 }
 
@@ -27,6 +30,7 @@ impl fmt::Display for Request {
 /// (empty for blank and membership entries).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Response {
+    #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
 }
 

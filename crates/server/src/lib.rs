@@ -10,9 +10,11 @@ pub mod cluster;
 pub mod config;
 pub mod grpc;
 pub mod lease;
+pub mod lock;
 pub mod node;
 pub mod propose;
 pub mod server;
+pub mod watch;
 
 pub use config::Config;
 pub use node::{Listeners, Node, StartError};

@@ -18,15 +18,18 @@ use keel_storage::Store;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use futures::TryStreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::apply::{member_attributes, ApplyObserver, Committed, KvApplier};
 use crate::cluster::{cluster_id, member_id};
 use crate::config::{split_urls, url_to_addr, Config, ConfigError};
 use crate::grpc;
+use crate::grpc::h2_authority::AuthorityFix;
 use crate::lease::Leases;
 use crate::propose::Proposer;
 use crate::server::{Limits, Server};
+use crate::watch::{WatchConfig, WatchHub};
 
 /// How often everything applied so far is made durable (the Raft log covers the gap).
 const SYNC_INTERVAL: Duration = Duration::from_secs(1);
@@ -120,8 +123,10 @@ impl Node {
             snapshot_every_entries: config.snapshot_count,
         };
         let leases = Arc::new(Leases::default());
+        let watch_hub = WatchHub::new(store.clone(), WatchConfig::default())?;
         let observer = Arc::new(Observers {
             leases: leases.clone(),
+            watch_hub: watch_hub.clone(),
         });
         let applier = Arc::new(KvApplier::new(store.clone(), Some(observer)));
         let raft = KeelRaft::start(&raft_config, applier).await?;
@@ -136,6 +141,7 @@ impl Node {
                 min_lease_ttl_s: min_lease_ttl_s(config.election_timeout),
             },
             leases: leases.clone(),
+            watch_hub,
             store,
             proposer: Proposer::new(raft.clone(), Duration::from_millis(config.election_timeout)),
             raft: raft.clone(),
@@ -220,7 +226,8 @@ fn serve_all(
         let routes = routes.clone();
         let mut stop = shutdown.subscribe();
         tasks.spawn(async move {
-            let incoming = TcpListenerStream::new(listener);
+            // etcdctl 3.4 sends URL-shaped :authority headers that h2 would reject.
+            let incoming = TcpListenerStream::new(listener).map_ok(AuthorityFix::new);
             let result = tonic::transport::Server::builder()
                 .tcp_nodelay(true)
                 .add_routes(routes)
@@ -245,11 +252,19 @@ fn min_lease_ttl_s(election_timeout_ms: u64) -> i64 {
 /// Fans each committed apply batch out to the parts of the member that follow it.
 struct Observers {
     leases: Arc<Leases>,
+    watch_hub: Arc<WatchHub>,
 }
 
 impl ApplyObserver for Observers {
     fn committed(&self, batch: &Committed) {
+        if !batch.revisions.is_empty() {
+            self.watch_hub.publish(&batch.revisions);
+        }
         self.leases.committed(batch);
+    }
+
+    fn restored(&self, current_revision: i64) {
+        self.watch_hub.restored(current_revision);
     }
 }
 

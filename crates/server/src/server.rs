@@ -11,6 +11,7 @@ use keel_storage::Store;
 
 use crate::lease::Leases;
 use crate::propose::Proposer;
+use crate::watch::WatchHub;
 
 /// Request limits, named with their units.
 #[derive(Clone, Copy, Debug)]
@@ -46,6 +47,7 @@ pub struct Server {
     pub raft: KeelRaft,
     pub proposer: Arc<Proposer>,
     pub leases: Arc<Leases>,
+    pub watch_hub: Arc<WatchHub>,
 }
 
 impl Server {

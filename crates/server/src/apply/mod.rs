@@ -88,6 +88,8 @@ pub enum LeaseChange {
 /// the store already includes the batch). Runs on the apply path: must not block.
 pub trait ApplyObserver: Send + Sync + 'static {
     fn committed(&self, batch: &Committed);
+    /// The whole store was replaced by a snapshot now at `current_revision`.
+    fn restored(&self, current_revision: i64);
 }
 
 impl Applier for KvApplier {
@@ -137,7 +139,11 @@ impl Applier for KvApplier {
     fn restore(&self, dump: &[u8]) -> io::Result<()> {
         let _guard = self.lock();
         self.store.restore(&mut &dump[..]).map_err(io_error)?;
-        self.store.sync().map_err(io_error)
+        self.store.sync().map_err(io_error)?;
+        if let Some(observer) = &self.observer {
+            observer.restored(self.store.current_revision().map_err(io_error)?);
+        }
+        Ok(())
     }
 }
 

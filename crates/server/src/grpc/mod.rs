@@ -3,12 +3,15 @@
 //!
 //! Must never: hold business logic; each service validates, delegates and maps errors.
 
+pub mod election;
 pub mod h2_authority;
 pub mod kv;
 pub mod lease;
+pub mod lock;
 pub mod maintenance;
 pub mod peer;
 pub mod unimplemented;
+pub mod watch;
 
 use std::sync::Arc;
 
@@ -51,13 +54,22 @@ pub async fn client_routes(server: &Arc<Server>) -> Routes {
             })
             .max_decoding_message_size(limit),
         )
-        .add_service(WatchServer::new(unimplemented::NotYet))
+        .add_service(WatchServer::new(watch::WatchService {
+            server: server.clone(),
+            hub: server.watch_hub.clone(),
+        }))
         .add_service(LeaseServer::new(lease::LeaseService {
             server: server.clone(),
         }))
         .add_service(AuthServer::new(unimplemented::NotYet))
-        .add_service(LockServer::new(unimplemented::NotYet))
-        .add_service(ElectionServer::new(unimplemented::NotYet))
+        .add_service(LockServer::new(lock::LockService {
+            server: server.clone(),
+            hub: server.watch_hub.clone(),
+        }))
+        .add_service(ElectionServer::new(election::ElectionService {
+            server: server.clone(),
+            hub: server.watch_hub.clone(),
+        }))
         .add_service(health);
     routes.routes()
 }

@@ -8,9 +8,7 @@ use std::pin::Pin;
 use futures::Stream;
 use keel_api::error::EtcdError;
 use keel_api::etcdserverpb as pb;
-use keel_api::v3electionpb as el;
-use keel_api::v3lockpb as lk;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Response, Status};
 
 type Reply<T> = Result<Response<T>, Status>;
 pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -43,16 +41,8 @@ macro_rules! unimplemented_rpcs {
 }
 pub(crate) use unimplemented_rpcs;
 
-/// Watch, Auth, Lock and Election until their issues land.
+/// Auth until its issue lands.
 pub struct NotYet;
-
-#[tonic::async_trait]
-impl pb::watch_server::Watch for NotYet {
-    type WatchStream = BoxStream<pb::WatchResponse>;
-    async fn watch(&self, _: Request<Streaming<pb::WatchRequest>>) -> Reply<Self::WatchStream> {
-        unimplemented("Watch.Watch")
-    }
-}
 
 #[tonic::async_trait]
 impl pb::auth_server::Auth for NotYet {
@@ -74,27 +64,5 @@ impl pb::auth_server::Auth for NotYet {
         role_delete(pb::AuthRoleDeleteRequest) -> pb::AuthRoleDeleteResponse, "RoleDelete";
         role_grant_permission(pb::AuthRoleGrantPermissionRequest) -> pb::AuthRoleGrantPermissionResponse, "RoleGrantPermission";
         role_revoke_permission(pb::AuthRoleRevokePermissionRequest) -> pb::AuthRoleRevokePermissionResponse, "RoleRevokePermission";
-    }
-}
-
-#[tonic::async_trait]
-impl lk::lock_server::Lock for NotYet {
-    unimplemented_rpcs! { "Lock";
-        lock(lk::LockRequest) -> lk::LockResponse, "Lock";
-        unlock(lk::UnlockRequest) -> lk::UnlockResponse, "Unlock";
-    }
-}
-
-#[tonic::async_trait]
-impl el::election_server::Election for NotYet {
-    type ObserveStream = BoxStream<el::LeaderResponse>;
-    async fn observe(&self, _: Request<el::LeaderRequest>) -> Reply<Self::ObserveStream> {
-        unimplemented("Election.Observe")
-    }
-    unimplemented_rpcs! { "Election";
-        campaign(el::CampaignRequest) -> el::CampaignResponse, "Campaign";
-        proclaim(el::ProclaimRequest) -> el::ProclaimResponse, "Proclaim";
-        leader(el::LeaderRequest) -> el::LeaderResponse, "Leader";
-        resign(el::ResignRequest) -> el::ResignResponse, "Resign";
     }
 }

@@ -13,6 +13,7 @@
 use std::fmt::Debug;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use keel_api::etcdserverpb::cluster_client::ClusterClient;
 use keel_api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use keel_api::etcdserverpb::kv_client::KvClient;
@@ -44,11 +45,12 @@ const CLIENT_DECODE_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Logs to the test's captured output; `RUST_LOG` overrides the default filter.
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,openraft=warn,h2=warn,hyper=warn,tower=warn")
+        tracing_subscriber::EnvFilter::new("info,openraft=error,h2=warn,hyper=warn,tower=warn")
     });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_test_writer()
+        .with_ansi(false)
         .try_init();
 }
 
@@ -60,14 +62,13 @@ pub async fn eventually<T>(
     mut probe: impl AsyncFnMut() -> Result<T, String>,
 ) -> T {
     let deadline = Instant::now() + timeout;
-    let mut last = String::from("never probed");
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left.max(POLL_INTERVAL), probe()).await {
+        let last = match tokio::time::timeout(left.max(POLL_INTERVAL), probe()).await {
             Ok(Ok(value)) => return value,
-            Ok(Err(e)) => last = e,
-            Err(_) => last = "probe did not finish before the deadline".into(),
-        }
+            Ok(Err(e)) => e,
+            Err(_) => "probe did not finish before the deadline".to_string(),
+        };
         if Instant::now() >= deadline {
             panic!("timed out after {timeout:?} waiting for {what}; last: {last}");
         }
@@ -119,6 +120,30 @@ impl TestMember {
         assert_eq!(node.peer_addrs[0].port(), self.peer_port);
         self.member_id = node.server.member_id;
         self.node = Some(node);
+    }
+}
+
+impl TestMember {
+    /// Starts this member again on its old ports and data directory, retrying (under a
+    /// deadline) while its previous incarnation still holds the data files.
+    async fn start_again(&self) -> Node {
+        let started = Instant::now();
+        let what = format!("{} to start on its old ports and data directory", self.name);
+        let node = eventually(&what, SETTLE_WAIT, async || {
+            let listeners = Listeners {
+                client: vec![bind_port(self.client_port).await],
+                peer: vec![bind_port(self.peer_port).await],
+            };
+            match Node::start(&self.config, listeners).await {
+                Ok(node) => Ok(node),
+                Err(e) if e.to_string().contains("already open") => Err(e.to_string()),
+                Err(e) => panic!("{} failed to restart: {e}", self.name),
+            }
+        })
+        .await;
+        let waited_ms = started.elapsed().as_millis();
+        tracing::info!(member = %self.name, waited_ms, "restarted");
+        node
     }
 }
 
@@ -338,8 +363,9 @@ impl TestCluster {
         futures::future::join_all(nodes.into_iter().map(Node::kill)).await;
     }
 
-    /// Restarts member `i` with its old flags, data directory and ports.
-    pub async fn restart(&mut self, i: usize) {
+    /// Restarts member `i` with its old flags, data directory and ports, in one attempt:
+    /// panics if the member cannot start right away (as a crashed process could).
+    pub async fn restart_at_once(&mut self, i: usize) {
         assert!(!self.is_running(i), "m{i} is already running");
         let m = &mut self.members[i];
         let listeners = Listeners {
@@ -350,17 +376,23 @@ impl TestCluster {
         tracing::info!(member = i, "restarted");
     }
 
+    /// Restarts member `i` with its old flags, data directory and ports. While the previous
+    /// incarnation still holds its data files ("Database already open"), retries under a
+    /// deadline and logs how long that took; `restart_at_once` is the strict variant.
+    pub async fn restart(&mut self, i: usize) {
+        assert!(!self.is_running(i), "m{i} is already running");
+        let node = self.members[i].start_again().await;
+        self.members[i].node = Some(node);
+    }
+
     /// Restarts every stopped member, all at once (a majority must come up together).
     pub async fn restart_all(&mut self) {
-        let mut starts = Vec::new();
-        for m in self.members.iter_mut().filter(|m| m.node.is_none()) {
-            let listeners = Listeners {
-                client: vec![bind_port(m.client_port).await],
-                peer: vec![bind_port(m.peer_port).await],
-            };
-            starts.push(m.start(listeners));
+        let down: Vec<usize> = (0..self.len()).filter(|&i| !self.is_running(i)).collect();
+        let starts = down.iter().map(|&i| self.members[i].start_again());
+        let nodes = futures::future::join_all(starts).await;
+        for (i, node) in down.into_iter().zip(nodes) {
+            self.members[i].node = Some(node);
         }
-        futures::future::join_all(starts).await;
     }
 
     /// Stops every member gracefully, then removes the data directories.
@@ -510,6 +542,36 @@ pub fn assert_etcd_error<T: Debug>(
 /// Puts through `kv` and returns the response.
 pub async fn put(kv: &mut KvClient<Channel>, key: &str, value: &str) -> PutResponse {
     ok(&format!("put {key}"), kv.put(put_req(key, value)).await)
+}
+
+/// Puts through `kv`, retrying (under a deadline) only the errors etcd clients retry: no
+/// leader, leader changed, timed out, member unreachable. For bulk writes whose exact revision
+/// does not matter; a retried put may have been applied twice (same key, same value).
+pub async fn put_retrying(kv: &mut KvClient<Channel>, key: &str, value: &str) -> PutResponse {
+    let what = format!("put {key}");
+    eventually(&what, LEADER_WAIT, async || {
+        match kv.put(put_req(key, value)).await {
+            Ok(resp) => Ok(resp.into_inner()),
+            Err(s) if is_retryable(&s) => {
+                tracing::warn!(key, code = ?s.code(), message = s.message(), "retrying put");
+                Err(format!("{:?}: {}", s.code(), s.message()))
+            }
+            Err(s) => panic!("{what}: unexpected error {:?}: {}", s.code(), s.message()),
+        }
+    })
+    .await
+}
+
+/// Errors that say "not now", not "never": a client retries them.
+pub fn is_retryable(s: &Status) -> bool {
+    s.code() == Code::Unavailable
+        || s.code() == Code::DeadlineExceeded
+        || [
+            "etcdserver: no leader",
+            "etcdserver: leader changed",
+            "etcdserver: request timed out",
+        ]
+        .contains(&s.message())
 }
 
 /// A linearizable read of `req` through `kv`.

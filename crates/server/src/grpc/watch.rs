@@ -1,0 +1,293 @@
+//! The etcd `Watch` service: one bidirectional stream per client, many watches on it.
+//!
+//! Owns: translating `WatchRequest`s into [`StreamHandle`] calls, and the stream's sender
+//! task, which turns hub messages into `WatchResponse`s (headers, event conversion,
+//! `prev_kv`, fragmentation) and runs catch-up whenever the client has taken everything.
+//! Must never: decide watch semantics (the hub does), or read requests while the stream's
+//! buffer is full (that is the backpressure bounding control messages).
+//!
+//! Stream end: when the client disconnects or resets the stream, the task ends and dropping
+//! the handle removes every watcher of the stream from the hub. Like etcd, a half-closed
+//! stream keeps delivering; keel then ends it cleanly once no watch on it can produce
+//! anything more (all cancelled), where etcd would leave it open.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use keel_api::etcdserverpb::watch_create_request::FilterType;
+use keel_api::etcdserverpb::watch_request::RequestUnion;
+use keel_api::etcdserverpb::watch_server::Watch;
+use keel_api::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
+use keel_api::mvccpb;
+use keel_storage::{Event, EventKind};
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio::time::{interval_at, Instant, MissedTickBehavior};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::apply::range::to_pb;
+use crate::server::Server;
+use crate::watch::{CreateWatch, StreamHandle, WatchHub, WatchMessage, INVALID_WATCH_ID};
+
+/// Responses converted but not yet taken by tonic; the rest waits, bounded, in the hub's
+/// stream buffer (which is what decides demotion).
+const RESPONSES_IN_FLIGHT_MAX: usize = 16;
+
+pub struct WatchService {
+    pub server: Arc<Server>,
+    pub hub: Arc<WatchHub>,
+}
+
+#[tonic::async_trait]
+impl Watch for WatchService {
+    type WatchStream = ReceiverStream<Result<WatchResponse, Status>>;
+
+    async fn watch(
+        &self,
+        request: Request<Streaming<WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let (tx, rx) = mpsc::channel(RESPONSES_IN_FLIGHT_MAX);
+        let stream = self.hub.open_stream();
+        tokio::spawn(serve_stream(
+            self.server.clone(),
+            stream,
+            request.into_inner(),
+            tx,
+        ));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// The life of one watch stream: read requests, send responses, catch up, tick progress.
+async fn serve_stream(
+    server: Arc<Server>,
+    stream: StreamHandle,
+    mut requests: Streaming<WatchRequest>,
+    tx: mpsc::Sender<Result<WatchResponse, Status>>,
+) {
+    // etcd fragments above its request limit plus gRPC overhead.
+    let fragment_bytes_max = server.limits.grpc_message_bytes_max();
+    let period = stream.hub().config().progress_notify_interval;
+    let mut ticker = interval_at(Instant::now() + period, period);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut pending: VecDeque<WatchResponse> = VecDeque::new();
+    let mut reading = true;
+    loop {
+        if pending.is_empty() {
+            if let Some(message) = stream.pop() {
+                pending.extend(to_responses(&server, message, fragment_bytes_max));
+                continue;
+            }
+            // Catch-up runs only when the client has taken everything: a slow reader paces
+            // its own history reads and never fills memory.
+            if stream.catch_up() {
+                continue;
+            }
+            if !reading && stream.active_watchers() == 0 {
+                break; // half-closed and nothing can be sent any more
+            }
+        }
+        // Biased: a gone client first, then requests (so a busy stream still answers
+        // creates and cancels), then sending, then waiting.
+        tokio::select! {
+            biased;
+            _ = tx.closed() => break,
+            request = requests.message(), if reading && stream.has_room() => match request {
+                Ok(Some(request)) => handle_request(&stream, request),
+                Ok(None) => reading = false,
+                Err(status) => {
+                    tracing::debug!(%status, "watch stream receive failed");
+                    break;
+                }
+            },
+            permit = tx.reserve(), if !pending.is_empty() => match (permit, pending.pop_front()) {
+                (Ok(permit), Some(response)) => permit.send(Ok(response)),
+                _ => break,
+            },
+            _ = stream.woken(), if pending.is_empty() => {}
+            _ = ticker.tick() => stream.progress_tick(),
+        }
+    }
+    // Dropping `stream` removes its watchers from the hub.
+}
+
+fn handle_request(stream: &StreamHandle, request: WatchRequest) {
+    match request.request_union {
+        Some(RequestUnion::CreateRequest(create)) => stream.create(&create_from_pb(create)),
+        Some(RequestUnion::CancelRequest(cancel)) => stream.cancel(cancel.watch_id),
+        Some(RequestUnion::ProgressRequest(_)) => stream.request_progress(),
+        // etcd ignores a request without a body rather than ending the stream.
+        None => tracing::debug!("empty watch request ignored"),
+    }
+}
+
+fn create_from_pb(req: WatchCreateRequest) -> CreateWatch {
+    let has = |f: FilterType| req.filters.contains(&(f as i32));
+    CreateWatch {
+        no_put: has(FilterType::Noput),
+        no_delete: has(FilterType::Nodelete),
+        key: req.key,
+        range_end: req.range_end,
+        start_revision: req.start_revision,
+        watch_id: req.watch_id,
+        prev_kv: req.prev_kv,
+        progress_notify: req.progress_notify,
+        fragment: req.fragment,
+    }
+}
+
+/// One hub message as the responses the client sees (several when fragmented).
+pub fn to_responses(
+    server: &Server,
+    message: WatchMessage,
+    fragment_bytes_max: usize,
+) -> Vec<WatchResponse> {
+    let response = match message {
+        WatchMessage::Created { watch_id, revision } => WatchResponse {
+            header: server.header(revision),
+            watch_id,
+            created: true,
+            ..Default::default()
+        },
+        WatchMessage::Rejected { revision, reason } => WatchResponse {
+            header: server.header(revision),
+            watch_id: INVALID_WATCH_ID,
+            created: true,
+            canceled: true,
+            cancel_reason: reason,
+            ..Default::default()
+        },
+        WatchMessage::Canceled {
+            watch_id,
+            revision,
+            compact_revision,
+            reason,
+        } => WatchResponse {
+            header: server.header(revision),
+            watch_id,
+            canceled: true,
+            compact_revision,
+            cancel_reason: reason,
+            ..Default::default()
+        },
+        WatchMessage::Progress { watch_id, revision } => WatchResponse {
+            header: server.header(revision),
+            watch_id,
+            ..Default::default()
+        },
+        WatchMessage::Events {
+            watch_id,
+            revision,
+            events,
+            prev_kv,
+            fragment,
+        } => {
+            let response = WatchResponse {
+                header: server.header(revision),
+                watch_id,
+                events: events.iter().map(|e| event_to_pb(e, prev_kv)).collect(),
+                ..Default::default()
+            };
+            if fragment {
+                return fragments(response, fragment_bytes_max);
+            }
+            response
+        }
+    };
+    vec![response]
+}
+
+fn event_to_pb(event: &Event, prev_kv: bool) -> mvccpb::Event {
+    let kind = match event.kind {
+        EventKind::Put => mvccpb::event::EventType::Put,
+        EventKind::Delete => mvccpb::event::EventType::Delete,
+    };
+    mvccpb::Event {
+        r#type: kind as i32,
+        kv: Some(to_pb(event.kv.clone())),
+        prev_kv: if prev_kv {
+            event.prev_kv.clone().map(to_pb)
+        } else {
+            None
+        },
+    }
+}
+
+/// etcd's `sendFragments`: a response of at least `bytes_max` with two or more events is
+/// split into responses of fewer than `bytes_max` bytes (at least one event each), all but
+/// the last marked `fragment`.
+pub fn fragments(mut response: WatchResponse, bytes_max: usize) -> Vec<WatchResponse> {
+    if response.encoded_len() < bytes_max || response.events.len() < 2 {
+        return vec![response];
+    }
+    let mut events = std::mem::take(&mut response.events).into_iter().peekable();
+    let template = WatchResponse {
+        fragment: true,
+        ..response
+    };
+    let base_bytes = template.encoded_len();
+    let mut out = Vec::new();
+    while events.peek().is_some() {
+        let mut part = template.clone();
+        let mut bytes = base_bytes;
+        while let Some(event) = events.peek() {
+            let event_bytes = prost::encoding::message::encoded_len(11, event);
+            if !part.events.is_empty() && bytes + event_bytes >= bytes_max {
+                break;
+            }
+            bytes += event_bytes;
+            part.events.extend(events.next());
+        }
+        part.fragment = events.peek().is_some();
+        out.push(part);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(key: &str, value_bytes: usize) -> mvccpb::Event {
+        mvccpb::Event {
+            r#type: 0,
+            kv: Some(mvccpb::KeyValue {
+                key: key.as_bytes().to_vec(),
+                value: vec![b'v'; value_bytes],
+                mod_revision: 7,
+                ..Default::default()
+            }),
+            prev_kv: None,
+        }
+    }
+
+    #[test]
+    fn fragments_split_large_responses_and_keep_small_ones() {
+        let response = WatchResponse {
+            watch_id: 3,
+            events: (0..10).map(|i| event(&format!("k{i}"), 1000)).collect(),
+            ..Default::default()
+        };
+        assert_eq!(fragments(response.clone(), 1 << 20).len(), 1);
+        let parts = fragments(response.clone(), 2500);
+        assert!(parts.len() >= 4, "{} parts", parts.len());
+        for (i, part) in parts.iter().enumerate() {
+            assert_eq!(
+                part.fragment,
+                i + 1 < parts.len(),
+                "fragment flag of part {i}"
+            );
+            assert_eq!(part.watch_id, 3);
+            assert!(part.encoded_len() < 2500 || part.events.len() == 1);
+        }
+        let rejoined: Vec<_> = parts.into_iter().flat_map(|p| p.events).collect();
+        assert_eq!(rejoined, response.events);
+        // One event too large for the limit still travels, unfragmented.
+        let single = WatchResponse {
+            events: vec![event("big", 5000)],
+            ..Default::default()
+        };
+        assert_eq!(fragments(single, 100).len(), 1);
+    }
+}

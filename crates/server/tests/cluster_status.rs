@@ -1,0 +1,157 @@
+//! `Maintenance.Status` and `Cluster.MemberList` on every member of a 3-member cluster, as
+//! `etcdctl endpoint status` and `etcdctl member list` use them.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::*;
+use keel_api::etcdserverpb::{MemberListRequest, StatusRequest, StatusResponse};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_one_leader_and_one_term_on_every_member() {
+    let cluster = TestCluster::start(3, &[]).await;
+    put(&mut cluster.kv(0), "k", "v").await;
+
+    tracing::info!("--- phase 1: Status on every member");
+    // Terms and leaders are compared across members answering one after another; an election
+    // in between is not what this test is about, so re-ask (bounded) until one round agrees.
+    let statuses = eventually("one agreeing round of Status", LEADER_WAIT, async || {
+        let mut round: Vec<(usize, StatusResponse)> = Vec::new();
+        for i in 0..cluster.len() {
+            // A linearizable read first, so this member has the put in its log and applied.
+            cluster
+                .kv(i)
+                .range(range_req("k", ""))
+                .await
+                .map_err(|s| format!("m{i}: {}", s.message()))?;
+            let resp = cluster
+                .maintenance(i)
+                .status(StatusRequest {})
+                .await
+                .map_err(|s| format!("m{i}: {}", s.message()))?;
+            round.push((i, resp.into_inner()));
+        }
+        let leaders: BTreeSet<u64> = round.iter().map(|(_, s)| s.leader).collect();
+        let terms: BTreeSet<u64> = round.iter().map(|(_, s)| s.raft_term).collect();
+        if leaders.len() == 1 && terms.len() == 1 && !leaders.contains(&0) {
+            Ok(round)
+        } else {
+            Err(format!("leaders {leaders:x?}, terms {terms:?}"))
+        }
+    })
+    .await;
+
+    let leader_id = statuses[0].1.leader;
+    let self_leaders: Vec<usize> = statuses
+        .iter()
+        .filter(|(_, s)| s.header.as_ref().map(|h| h.member_id) == Some(s.leader))
+        .map(|(i, _)| *i)
+        .collect();
+    assert_eq!(
+        self_leaders.len(),
+        1,
+        "exactly one member is the leader: {self_leaders:?}"
+    );
+    assert_eq!(cluster.member_id(self_leaders[0]), leader_id);
+    let cluster_ids: BTreeSet<u64> = statuses
+        .iter()
+        .map(|(_, s)| s.header.as_ref().expect("header").cluster_id)
+        .collect();
+    assert_eq!(cluster_ids.len(), 1, "one cluster id: {cluster_ids:x?}");
+
+    for (i, s) in &statuses {
+        let h = s.header.as_ref().expect("status header");
+        assert_eq!(
+            h.member_id,
+            cluster.member_id(*i),
+            "m{i}: header names the answering member"
+        );
+        assert_eq!(
+            h.raft_term, s.raft_term,
+            "m{i}: header term is the Raft term"
+        );
+        assert!(!s.version.is_empty(), "m{i}: version");
+        assert!(s.db_size > 0, "m{i}: db size");
+        assert!(
+            s.db_size_in_use > 0 && s.db_size_in_use <= s.db_size,
+            "m{i}: db size in use"
+        );
+        assert!(s.raft_term >= 1, "m{i}: term");
+        assert!(
+            s.raft_index >= 2,
+            "m{i}: the membership entry and the put are in the log"
+        );
+        assert!(
+            s.raft_applied_index <= s.raft_index,
+            "m{i}: applied <= last log index"
+        );
+        assert!(!s.is_learner, "m{i}: founding members vote");
+        assert!(s.errors.is_empty(), "m{i}: errors {:?}", s.errors);
+    }
+
+    tracing::info!("--- phase 2: Status agrees with each member's Raft state");
+    for (i, s) in &statuses {
+        let raft = cluster.node(*i).server.raft.status();
+        assert_eq!(raft.leader, Some(leader_id), "m{i}");
+        assert!(raft.term >= s.raft_term, "m{i}: terms only rise");
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_list_shows_every_member_with_its_name_and_urls() {
+    let cluster = TestCluster::start(3, &[]).await;
+    let want: BTreeSet<(u64, String, Vec<String>, Vec<String>)> = (0..cluster.len())
+        .map(|i| {
+            (
+                cluster.member_id(i),
+                format!("m{i}"),
+                vec![cluster.peer_url(i)],
+                vec![cluster.client_url(i)],
+            )
+        })
+        .collect();
+
+    for linearizable in [false, true] {
+        tracing::info!("--- phase: MemberList (linearizable: {linearizable}) on every member");
+        for i in 0..cluster.len() {
+            // Names and client URLs appear once each member has published them through Raft.
+            let what = format!("m{i} to list every published member");
+            eventually(&what, SETTLE_WAIT, async || {
+                let resp = cluster
+                    .cluster_client(i)
+                    .member_list(MemberListRequest { linearizable })
+                    .await
+                    .map_err(|s| s.message().to_string())?
+                    .into_inner();
+                let h = resp.header.as_ref().ok_or("no header")?;
+                if h.member_id != cluster.member_id(i) {
+                    return Err(format!("header member {:x}", h.member_id));
+                }
+                if resp.members.iter().any(|m| m.is_learner) {
+                    return Err("a founding member is listed as a learner".into());
+                }
+                let got: BTreeSet<_> = resp
+                    .members
+                    .iter()
+                    .map(|m| {
+                        (
+                            m.id,
+                            m.name.clone(),
+                            m.peer_ur_ls.clone(),
+                            m.client_ur_ls.clone(),
+                        )
+                    })
+                    .collect();
+                if resp.members.len() == 3 && got == want {
+                    Ok(())
+                } else {
+                    Err(format!("listed {got:?}"))
+                }
+            })
+            .await;
+        }
+    }
+    cluster.shutdown().await;
+}
