@@ -37,12 +37,14 @@ pub trait Applier: Send + Sync + 'static {
 }
 
 type RaftState = (Option<LogId>, StoredMembership);
+/// The last snapshot built or installed: its metadata and the dump.
+type CurrentSnapshot = Option<(SnapshotMeta, Vec<u8>)>;
 
 /// openraft's view of the state machine.
 #[derive(Clone)]
 pub struct StateMachine {
     applier: Arc<dyn Applier>,
-    current: Arc<Mutex<Option<(SnapshotMeta, Vec<u8>)>>>,
+    current: Arc<Mutex<CurrentSnapshot>>,
 }
 
 impl StateMachine {

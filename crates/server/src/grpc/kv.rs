@@ -206,10 +206,8 @@ fn collect_writes(ops: &[RequestOp]) -> Result<(Vec<Interval<'_>>, HashSet<&[u8]
                 start: &d.key,
                 end: &d.range_end,
             }),
-            Some(request_op::Request::RequestPut(p)) => {
-                if !puts.insert(&p.key) {
-                    return Err(EtcdError::DuplicateKey);
-                }
+            Some(request_op::Request::RequestPut(p)) if !puts.insert(&p.key) => {
+                return Err(EtcdError::DuplicateKey);
             }
             Some(request_op::Request::RequestTxn(t)) => {
                 // Only one of a nested txn's branches runs, so they may write the same key;

@@ -64,7 +64,7 @@ impl Lease for LeaseService {
             match self
                 .server
                 .proposer
-                .propose(Command::LeaseGrant(req.clone()))
+                .propose(Command::LeaseGrant(req))
                 .await
             {
                 Ok(Applied::LeaseGrant(resp)) => {

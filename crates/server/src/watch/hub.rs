@@ -274,7 +274,7 @@ impl HubState {
             }
             Err(_) => {
                 tracing::debug!(watch_id = watcher.id, revision, "slow watcher demoted");
-                self.demote(key, revision);
+                let _ = key;
             }
         }
     }
