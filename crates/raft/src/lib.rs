@@ -101,7 +101,10 @@ impl KeelRaft {
         let config = Arc::new(config.validate().map_err(fatal)?);
         let log = LogStore::open(&cfg.log_path).map_err(fatal)?;
         let sm = StateMachine::new(applier);
-        let raft = openraft::Raft::new(cfg.id, config, NetworkFactory, log, sm)
+        let network = NetworkFactory {
+            append_timeout: Duration::from_millis(cfg.election_timeout_ms),
+        };
+        let raft = openraft::Raft::new(cfg.id, config, network, log, sm)
             .await
             .map_err(fatal)?;
         Ok(Self { raft, id: cfg.id })

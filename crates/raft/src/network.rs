@@ -58,8 +58,11 @@ pub fn peer_client(channel: Channel) -> PeerClient<Channel> {
 }
 
 /// Creates one `PeerConn` per target member.
-#[derive(Clone, Default)]
-pub struct NetworkFactory;
+#[derive(Clone)]
+pub struct NetworkFactory {
+    /// Deadline of an append that carries entries (see `PeerConn::append_entries`).
+    pub append_timeout: Duration,
+}
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerConn;
@@ -70,7 +73,11 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             .first()
             .and_then(|url| peer_channel(url).ok())
             .map(peer_client);
-        PeerConn { target, client }
+        PeerConn {
+            target,
+            client,
+            append_timeout: self.append_timeout,
+        }
     }
 }
 
@@ -78,6 +85,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 pub struct PeerConn {
     target: NodeId,
     client: Option<PeerClient<Channel>>,
+    append_timeout: Duration,
 }
 
 #[derive(Clone, Copy)]
@@ -157,7 +165,15 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Rpc<AppendEntriesResponse<TypeConfig>> {
-        self.call(Kind::Append, &rpc, option.hard_ttl()).await
+        // openraft gives every append the heartbeat interval as deadline. That suits empty
+        // appends (heartbeats), but one carrying megabytes of entries can take longer, and
+        // cancelling it only makes the leader send it again.
+        let ttl = if rpc.entries.is_empty() {
+            option.hard_ttl()
+        } else {
+            option.hard_ttl().max(self.append_timeout)
+        };
+        self.call(Kind::Append, &rpc, ttl).await
     }
 
     async fn vote(

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::TryStreamExt;
 use keel_api::keelpb::internal_request::Request as Command;
 use keel_api::keelpb::MemberAttributes;
 use keel_raft::{KeelRaft, Member, RaftConfig};
@@ -18,7 +19,6 @@ use keel_storage::Store;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use futures::TryStreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::apply::{member_attributes, ApplyObserver, Committed, KvApplier};
@@ -26,6 +26,7 @@ use crate::cluster::{cluster_id, member_id};
 use crate::config::{split_urls, url_to_addr, Config, ConfigError};
 use crate::grpc;
 use crate::grpc::h2_authority::AuthorityFix;
+use crate::grpc::kill_switch::KillSwitch;
 use crate::lease::Leases;
 use crate::propose::Proposer;
 use crate::server::{Limits, Server};
@@ -33,6 +34,8 @@ use crate::watch::{WatchConfig, WatchHub};
 
 /// How often everything applied so far is made durable (the Raft log covers the gap).
 const SYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest wait for a stopped member's store to close.
+const RELEASE_WAIT: Duration = Duration::from_secs(5);
 /// Keys per physical compaction step; small so apply never waits long for the write lock.
 const COMPACT_STEP_KEYS: usize = 1000;
 
@@ -85,6 +88,7 @@ pub struct Node {
     pub client_addrs: Vec<SocketAddr>,
     pub peer_addrs: Vec<SocketAddr>,
     election_timeout: Duration,
+    connections: Arc<KillSwitch>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -148,12 +152,14 @@ impl Node {
         });
 
         let (shutdown, _) = watch::channel(false);
+        let connections = Arc::new(KillSwitch::default());
         let mut tasks = JoinSet::new();
         let peer_addrs = serve_all(
             &mut tasks,
             listeners.peer,
             grpc::peer_routes(&server),
             &shutdown,
+            &connections,
         );
         if config.initial_cluster_state == "new" {
             let members: BTreeMap<u64, Member> = founders
@@ -175,6 +181,7 @@ impl Node {
             listeners.client,
             grpc::client_routes(&server).await,
             &shutdown,
+            &connections,
         );
         tasks.spawn(publish_attributes(server.clone(), shutdown.subscribe()));
         tasks.spawn(maintain_store(server.store.clone(), shutdown.subscribe()));
@@ -186,6 +193,7 @@ impl Node {
             client_addrs,
             peer_addrs,
             election_timeout: Duration::from_millis(config.election_timeout),
+            connections,
             shutdown,
             tasks,
         })
@@ -201,14 +209,31 @@ impl Node {
             tracing::error!(error = %e, "final sync failed");
         }
         tracing::info!(name = %self.server.name, "keel member stopped");
+        release(self.server).await;
     }
 
     /// Simulates a crash for tests: stops serving and Raft without the final sync.
     pub async fn kill(mut self) {
         let _ = self.shutdown.send(true);
+        self.connections.kill();
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
         self.server.raft.shutdown().await;
+        release(self.server).await;
+    }
+}
+
+/// Waits (bounded) until the store is closed, so the data directory can be opened again at
+/// once: gRPC connection tasks end in the background and hold the server until they do.
+async fn release(server: Arc<Server>) {
+    let store = Arc::downgrade(&server.store);
+    drop(server);
+    let deadline = tokio::time::Instant::now() + RELEASE_WAIT;
+    while store.strong_count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    if store.strong_count() > 0 {
+        tracing::warn!("store still in use {RELEASE_WAIT:?} after stopping");
     }
 }
 
@@ -217,6 +242,7 @@ fn serve_all(
     listeners: Vec<TcpListener>,
     routes: tonic::service::Routes,
     shutdown: &watch::Sender<bool>,
+    connections: &Arc<KillSwitch>,
 ) -> Vec<SocketAddr> {
     let mut addrs = Vec::new();
     for listener in listeners {
@@ -224,10 +250,12 @@ fn serve_all(
             addrs.push(addr);
         }
         let routes = routes.clone();
+        let connections = connections.clone();
         let mut stop = shutdown.subscribe();
         tasks.spawn(async move {
             // etcdctl 3.4 sends URL-shaped :authority headers that h2 would reject.
-            let incoming = TcpListenerStream::new(listener).map_ok(AuthorityFix::new);
+            let incoming = TcpListenerStream::new(listener)
+                .map_ok(move |conn| AuthorityFix::new(connections.wrap(conn)));
             let result = tonic::transport::Server::builder()
                 .tcp_nodelay(true)
                 .add_routes(routes)

@@ -61,12 +61,7 @@ impl Lease for LeaseService {
             if chosen_by_server {
                 req.id = random_lease_id();
             }
-            match self
-                .server
-                .proposer
-                .propose(Command::LeaseGrant(req))
-                .await
-            {
+            match self.server.proposer.propose(Command::LeaseGrant(req)).await {
                 Ok(Applied::LeaseGrant(resp)) => {
                     return Ok(Response::new(LeaseGrantResponse {
                         header: self.server.complete(resp.header),

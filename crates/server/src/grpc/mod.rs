@@ -5,6 +5,7 @@
 
 pub mod election;
 pub mod h2_authority;
+pub mod kill_switch;
 pub mod kv;
 pub mod lease;
 pub mod lock;

@@ -265,6 +265,7 @@ impl Leases {
 
     async fn checkpoint(&self, server: &Server) {
         let all = self.lock().checkpoints(Instant::now());
+        tracing::debug!(?all, "lease checkpoint");
         for chunk in all.chunks(CHECKPOINTS_PER_COMMAND_MAX) {
             let checkpoints = chunk
                 .iter()

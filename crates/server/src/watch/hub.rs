@@ -274,7 +274,7 @@ impl HubState {
             }
             Err(_) => {
                 tracing::debug!(watch_id = watcher.id, revision, "slow watcher demoted");
-                let _ = key;
+                self.demote(key, revision);
             }
         }
     }
