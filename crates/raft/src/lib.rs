@@ -96,6 +96,9 @@ impl KeelRaft {
             // the log instead of a whole snapshot.
             max_in_snapshot_log_to_keep: cfg.snapshot_every_entries.min(1000),
             install_snapshot_timeout: 10_000,
+            // Replicate entries as soon as they are handed to the log store, so followers
+            // persist in parallel with the leader instead of after its fsync.
+            broadcast_submitted_on_append: Some(true),
             ..Default::default()
         };
         let config = Arc::new(config.validate().map_err(fatal)?);
@@ -160,7 +163,7 @@ impl KeelRaft {
 
     /// Waits until this member has applied `index`.
     pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), RaftError> {
-        if self.status().applied_index >= index {
+        if self.applied_index() >= index {
             return Ok(());
         }
         self.raft
@@ -209,6 +212,22 @@ impl KeelRaft {
         if moved.is_err() {
             tracing::warn!("leadership did not move within {timeout:?}; stopping anyway");
         }
+    }
+
+    /// The current term (cheap: no membership copy; it is in every response header).
+    pub fn term(&self) -> u64 {
+        self.raft.metrics().borrow_watched().current_term
+    }
+
+    /// Whether this member leads, and the leader it knows of (cheap).
+    pub fn leadership(&self) -> (bool, Option<NodeId>) {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        (m.state == ServerState::Leader, m.current_leader)
+    }
+
+    fn applied_index(&self) -> u64 {
+        self.raft.metrics().borrow_watched().last_applied.map_or(0, |l| l.index())
     }
 
     pub fn status(&self) -> RaftStatus {

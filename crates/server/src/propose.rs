@@ -169,21 +169,36 @@ impl Proposer {
     /// `None` when this member leads; otherwise a client for the leader's peer service.
     /// Waits (bounded) for an election when no leader is known.
     pub async fn leader_peer(&self) -> Result<Option<PeerClient<Channel>>, EtcdError> {
-        let mut status = self.raft.status();
-        if status.leader.is_none() {
-            self.await_leader().await?;
-            status = self.raft.status();
-        }
-        let leader = status.leader.ok_or(EtcdError::NoLeader)?;
-        if leader == status.id {
+        let (leads, mut leader) = self.raft.leadership();
+        if leads {
             return Ok(None);
         }
-        let member = status
-            .members
-            .iter()
-            .find(|m| m.id == leader)
-            .ok_or(EtcdError::NoLeader)?;
-        Ok(Some(peer_client(self.peer(leader, &member.member)?)))
+        if leader.is_none() {
+            leader = Some(self.await_leader().await?);
+        }
+        let leader = leader.ok_or(EtcdError::NoLeader)?;
+        if leader == self.raft.id() {
+            return Ok(None);
+        }
+        let cached = self
+            .peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&leader)
+            .cloned();
+        let channel = match cached {
+            Some(channel) => channel,
+            None => {
+                let status = self.raft.status();
+                let member = status
+                    .members
+                    .iter()
+                    .find(|m| m.id == leader)
+                    .ok_or(EtcdError::NoLeader)?;
+                self.peer(leader, &member.member)?
+            }
+        };
+        Ok(Some(peer_client(channel)))
     }
 
     /// Serves a peer's ReadIndex request: only the leader answers.

@@ -57,7 +57,7 @@ impl Server {
             cluster_id: self.cluster_id,
             member_id: self.member_id,
             revision,
-            raft_term: self.raft.status().term,
+            raft_term: self.raft.term(),
         })
     }
 

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use keel_api::error::EtcdError;
-use keel_api::etcdserverpb::DeleteRangeRequest;
+use keel_api::etcdserverpb::{DeleteRangeRequest, RangeRequest};
 use keel_api::keelpb::internal_request::Request as Command;
 use keel_api::keelpb::internal_response::Response as Applied;
 use keel_api::v3lockpb::lock_server::Lock;
@@ -16,7 +16,7 @@ use keel_api::v3lockpb::{LockRequest, LockResponse, UnlockRequest, UnlockRespons
 use tonic::{Request, Response, Status};
 
 use crate::lock::{
-    create_waiter_key, read, wait_for_predecessors, waiter_key, waiters_prefix, KeyGuard,
+    create_waiter_key, read_local, wait_for_predecessors, waiter_key, waiters_prefix, KeyGuard,
 };
 use crate::server::Server;
 use crate::watch::WatchHub;
@@ -41,14 +41,13 @@ impl Lock for LockService {
         let guard = created.then(|| KeyGuard::new(server.clone(), key.clone()));
         wait_for_predecessors(server, &self.hub, &waiters_prefix(&req.name), my_revision).await?;
         // The lease may have expired while we waited: then the key is gone and so is the lock.
-        let mine = read(
+        let mine = read_local(
             server,
-            keel_api::etcdserverpb::RangeRequest {
+            &RangeRequest {
                 key: key.clone(),
                 ..Default::default()
             },
-        )
-        .await?;
+        )?;
         if mine.kvs.first().map(|kv| kv.create_revision) != Some(my_revision) {
             return Err(EtcdError::LockSessionExpired.into());
         }

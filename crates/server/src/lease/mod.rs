@@ -61,7 +61,7 @@ impl Leases {
 
     /// Waits (bounded) until this member's lessor is primary; `false` if it did not become so.
     async fn await_primary(&self, server: &Server) -> bool {
-        if !server.raft.status().is_leader {
+        if !server.raft.leadership().0 {
             return false;
         }
         let mut rx = self.primary.subscribe();
@@ -195,7 +195,7 @@ impl Leases {
                 _ = stop.wait_for(|s| *s) => return,
                 _ = tick.tick() => {}
             }
-            let leads = server.raft.status().is_leader;
+            let leads = server.raft.leadership().0;
             let primary = self.lock().is_primary();
             if leads && !primary {
                 if let Err(e) = self.promote(&server, election_timeout).await {

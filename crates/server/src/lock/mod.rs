@@ -68,8 +68,13 @@ pub async fn txn(server: &Server, req: TxnRequest) -> Result<TxnResponse, EtcdEr
 /// A linearizable range read on this member.
 pub async fn read(server: &Server, req: RangeRequest) -> Result<RangeResponse, EtcdError> {
     server.proposer.read_barrier().await?;
+    read_local(server, &req)
+}
+
+/// A range read of this member's store as it is now (no barrier).
+pub fn read_local(server: &Server, req: &RangeRequest) -> Result<RangeResponse, EtcdError> {
     let view = server.store.read().map_err(storage_error)?;
-    let mut resp = range(&view, &req)?;
+    let mut resp = range(&view, req)?;
     resp.header = server.header(view.current_revision());
     Ok(resp)
 }
@@ -170,26 +175,31 @@ pub async fn first_waiter(
 
 /// Waits until no key under `prefix` has a create revision below `my_revision`: each round
 /// waits for the deletion of the newest older waiter (etcd's `waitDeletes`).
+///
+/// Reads are local, without a ReadIndex round: once this member has applied `my_revision`,
+/// every older waiter's key is in its store, and a key that is gone locally is gone for good
+/// (a key created again gets a newer create revision). A stale local view can only make us
+/// wait longer, never acquire early. So a handover costs one apply, not a quorum round.
 pub async fn wait_for_predecessors(
     server: &Server,
     hub: &Arc<WatchHub>,
     prefix: &[u8],
     my_revision: i64,
 ) -> Result<(), EtcdError> {
+    if server.current_revision() < my_revision {
+        server.proposer.read_barrier().await?;
+    }
+    let newest_older = RangeRequest {
+        key: prefix.to_vec(),
+        range_end: prefix_end(prefix),
+        limit: 1,
+        sort_order: SortOrder::Descend as i32,
+        sort_target: SortTarget::Create as i32,
+        max_create_revision: my_revision - 1,
+        ..Default::default()
+    };
     loop {
-        let resp = read(
-            server,
-            RangeRequest {
-                key: prefix.to_vec(),
-                range_end: prefix_end(prefix),
-                limit: 1,
-                sort_order: SortOrder::Descend as i32,
-                sort_target: SortTarget::Create as i32,
-                max_create_revision: my_revision - 1,
-                ..Default::default()
-            },
-        )
-        .await?;
+        let resp = read_local(server, &newest_older)?;
         let Some(predecessor) = resp.kvs.first() else {
             return Ok(());
         };
