@@ -7,9 +7,10 @@
 //! the leader is elsewhere / unknown" is retried), or wait without a deadline.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use keel_api::error::{EtcdError, CODE_OK};
 use keel_api::keelpb::internal_response::Response as Applied;
@@ -24,8 +25,22 @@ use tonic::transport::Channel;
 
 /// The Raft group every command belongs to (one group until scale-out).
 pub const GROUP_ID: u64 = 0;
-/// How many times a write or read looks for the leader before giving up.
-const LEADER_ATTEMPTS_MAX: usize = 3;
+/// Pauses between attempts to reach a leader that has just changed.
+const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(5);
+const RETRY_BACKOFF_MAX: Duration = Duration::from_millis(100);
+
+/// Where a routed call was answered.
+enum Routed<T, U> {
+    Local(T),
+    Remote(U),
+}
+
+/// Whether a failed peer call certainly did not reach the leader's Raft: it said it does not
+/// lead, or the connection was never made.
+fn not_delivered(s: &tonic::Status) -> bool {
+    s.message() == EtcdError::NotLeader.to_string()
+        || (s.code() == tonic::Code::Unavailable && s.message().contains("tcp connect error"))
+}
 
 /// Sends writes and read barriers to wherever the leader is.
 pub struct Proposer {
@@ -88,35 +103,60 @@ impl Proposer {
 
     async fn replicate(&self, req: InternalRequest) -> Result<InternalResponse, EtcdError> {
         let payload = req.encode_to_vec();
-        for _ in 0..LEADER_ATTEMPTS_MAX {
-            match self.raft.write(payload.clone()).await {
-                Ok(bytes) => {
-                    return InternalResponse::decode(bytes.as_slice())
-                        .map_err(|e| EtcdError::Unknown(e.to_string()))
-                }
+        let forward = ForwardRequest { request: Some(req) };
+        let bytes = self
+            .on_leader(
+                || self.raft.write(payload.clone()),
+                |mut leader| {
+                    let forward = forward.clone();
+                    async move { Ok(leader.forward(forward).await?.into_inner().response) }
+                },
+            )
+            .await?;
+        match bytes {
+            Routed::Local(bytes) => InternalResponse::decode(bytes.as_slice())
+                .map_err(|e| EtcdError::Unknown(e.to_string())),
+            Routed::Remote(response) => response.ok_or(EtcdError::LeaderChanged),
+        }
+    }
+
+    /// Runs `local` on this member; when Raft says another member leads, runs `remote`
+    /// against that member's peer service instead. Retries until the leader wait runs out,
+    /// but only when the request certainly did not take effect: no leader yet, the asked
+    /// member no longer leads, or it could not be reached at all.
+    async fn on_leader<T, U, LF, RF>(
+        &self,
+        local: impl Fn() -> LF,
+        remote: impl Fn(PeerClient<Channel>) -> RF,
+    ) -> Result<Routed<T, U>, EtcdError>
+    where
+        LF: Future<Output = Result<T, RaftError>>,
+        RF: Future<Output = Result<U, tonic::Status>>,
+    {
+        let deadline = Instant::now() + self.leader_wait;
+        let mut backoff = RETRY_BACKOFF_MIN;
+        loop {
+            match local().await {
+                Ok(value) => return Ok(Routed::Local(value)),
                 Err(RaftError::ForwardTo { leader, member }) => {
-                    let mut client = peer_client(self.peer(leader, &member)?);
-                    let fwd = ForwardRequest {
-                        request: Some(req.clone()),
-                    };
-                    match client.forward(fwd).await {
-                        Ok(resp) => {
-                            return resp.into_inner().response.ok_or(EtcdError::LeaderChanged)
-                        }
-                        // The old leader refused before proposing: look for the new one.
-                        Err(s) if s.message() == EtcdError::NotLeader.to_string() => {
-                            self.await_leader().await?;
-                        }
+                    match remote(peer_client(self.peer(leader, &member)?)).await {
+                        Ok(value) => return Ok(Routed::Remote(value)),
+                        Err(s) if not_delivered(&s) => {}
                         Err(s) => return Err(status_to_error(&s)),
                     }
                 }
                 Err(RaftError::NoLeader) => {
                     self.await_leader().await?;
+                    continue;
                 }
                 Err(e) => return Err(raft_error(e)),
             }
+            if Instant::now() >= deadline {
+                return Err(EtcdError::LeaderChanged);
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
         }
-        Err(EtcdError::LeaderChanged)
     }
 
     /// The longest a request waits for an election (or for a new leader to take over).
@@ -143,27 +183,21 @@ impl Proposer {
 
     /// One ReadIndex round: ask the leader (which may be this member).
     async fn read_index_round(&self) -> Result<u64, EtcdError> {
-        for _ in 0..LEADER_ATTEMPTS_MAX {
-            match self.raft.read_index().await {
-                Ok(index) => return Ok(index),
-                Err(RaftError::ForwardTo { leader, member }) => {
-                    let mut client = peer_client(self.peer(leader, &member)?);
-                    match client
+        let routed = self
+            .on_leader(
+                || self.raft.read_index(),
+                |mut leader| async move {
+                    Ok(leader
                         .read_index(ReadIndexRequest { group_id: GROUP_ID })
-                        .await
-                    {
-                        Ok(resp) => return Ok(resp.into_inner().read_index),
-                        Err(s) if s.message() == EtcdError::NotLeader.to_string() => {
-                            self.await_leader().await?
-                        }
-                        Err(s) => return Err(status_to_error(&s)),
-                    }
-                }
-                Err(RaftError::NoLeader) => self.await_leader().await?,
-                Err(e) => return Err(raft_error(e)),
-            };
-        }
-        Err(EtcdError::LeaderChanged)
+                        .await?
+                        .into_inner()
+                        .read_index)
+                },
+            )
+            .await?;
+        Ok(match routed {
+            Routed::Local(index) | Routed::Remote(index) => index,
+        })
     }
 
     /// `None` when this member leads; otherwise a client for the leader's peer service.
