@@ -204,6 +204,14 @@ etcd_error_table! {
     LockSessionExpired = 903, Unknown, "mutex: session is expired";
 }
 
+/// etcd's `cancel_reason` for a watch create whose `watch_id` is already in use on the
+/// stream (`mvcc.ErrWatcherDuplicateID`). Watch rejections travel in a `WatchResponse`, not
+/// as a gRPC status, so they are texts rather than `EtcdError` rows.
+pub const WATCH_DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
+/// etcd's `cancel_reason` for a watch create with `key >= range_end`
+/// (`mvcc.ErrEmptyWatcherRange`).
+pub const WATCH_EMPTY_RANGE: &str = "mvcc: watcher range is empty";
+
 impl EtcdError {
     /// The gRPC status a client receives for this error.
     pub fn to_status(&self) -> Status {

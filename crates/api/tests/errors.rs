@@ -303,7 +303,11 @@ fn expected() -> Vec<(EtcdError, Code, &'static str)> {
             Code::Unknown,
             "\"leader\" field must be provided",
         ),
-        (E::LockSessionExpired, Code::Unknown, "mutex: session is expired"),
+        (
+            E::LockSessionExpired,
+            Code::Unknown,
+            "mutex: session is expired",
+        ),
     ]
 }
 

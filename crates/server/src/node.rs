@@ -202,6 +202,8 @@ impl Node {
     /// Hands over leadership, stops serving, stops Raft and makes everything applied durable.
     pub async fn stop(mut self) {
         self.server.raft.step_down(self.election_timeout * 2).await;
+        // Watch streams never end on their own; end them so the graceful stop can finish.
+        self.server.watch_hub.shutdown();
         let _ = self.shutdown.send(true);
         while self.tasks.join_next().await.is_some() {}
         self.server.raft.shutdown().await;
@@ -215,6 +217,7 @@ impl Node {
     /// Simulates a crash for tests: stops serving and Raft without the final sync.
     pub async fn kill(mut self) {
         let _ = self.shutdown.send(true);
+        self.server.watch_hub.shutdown();
         self.connections.kill();
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}

@@ -419,6 +419,25 @@ async fn watch_replays_history_and_cancels_compacted_starts() {
     );
     assert!(conn.try_next(QUIET_WAIT).await.is_none(), "nothing else");
     assert_eq!(id, 0);
+
+    tracing::info!("--- phase 4: hub shutdown ends the stream with etcd's server stopped");
+    f.hub.shutdown();
+    match tokio::time::timeout(RESPONSE_WAIT, conn.responses.message()).await {
+        Ok(Err(status)) => {
+            assert_eq!(status.code(), tonic::Code::Unavailable);
+            assert_eq!(status.message(), "etcdserver: server stopped");
+        }
+        other => panic!("expected the stream to fail with server stopped: {other:?}"),
+    }
+    eventually(
+        "watchers removed at shutdown",
+        SETTLE_WAIT,
+        async || match f.hub.stats().watchers {
+            0 => Ok(()),
+            n => Err(format!("{n} watchers left")),
+        },
+    )
+    .await;
     f.shutdown().await;
 }
 

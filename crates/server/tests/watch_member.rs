@@ -119,6 +119,8 @@ async fn member_watch_follows_kv_writes_and_compaction() {
     let canceled = next(&mut old).await.expect("cancel");
     assert!(canceled.canceled);
     assert_eq!(canceled.compact_revision, compact);
+    // Close the client streams first: a graceful stop waits for open streams.
+    drop((_tx, live, _tx2, replay, _tx3, old));
     cluster.shutdown().await;
 }
 
@@ -164,6 +166,9 @@ async fn watch_resumes_on_another_member_after_leader_kill_without_gap_or_duplic
             );
             if !killed && kill_rx.try_recv().is_ok() {
                 tracing::info!(leader, "--- phase 2: kill the leader the client watches");
+                // A crash breaks the member's connections; `Node::kill` leaves hyper's
+                // connection tasks running, so end the watch streams as the crash would.
+                cluster.node(leader).server.watch_hub.shutdown();
                 cluster.kill(leader).await;
                 killed = true;
             }
@@ -210,5 +215,6 @@ async fn watch_resumes_on_another_member_after_leader_kill_without_gap_or_duplic
     for put in &acked {
         assert!(seen.contains(put), "acknowledged put {put:?} was watched");
     }
+    drop((_tx, stream));
     cluster.shutdown().await;
 }

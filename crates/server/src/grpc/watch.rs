@@ -7,13 +7,16 @@
 //! buffer is full (that is the backpressure bounding control messages).
 //!
 //! Stream end: when the client disconnects or resets the stream, the task ends and dropping
-//! the handle removes every watcher of the stream from the hub. Like etcd, a half-closed
+//! the handle removes every watcher of the stream from the hub. When the member stops
+//! ([`WatchHub::shutdown`]) every stream ends with etcd's "server stopped" (Unavailable). Like etcd, a half-closed
 //! stream keeps delivering; keel then ends it cleanly once no watch on it can produce
 //! anything more (all cancelled), where etcd would leave it open.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Duration;
 
+use keel_api::error::EtcdError;
 use keel_api::etcdserverpb::watch_create_request::FilterType;
 use keel_api::etcdserverpb::watch_request::RequestUnion;
 use keel_api::etcdserverpb::watch_server::Watch;
@@ -33,6 +36,8 @@ use crate::watch::{CreateWatch, StreamHandle, WatchHub, WatchMessage, INVALID_WA
 /// Responses converted but not yet taken by tonic; the rest waits, bounded, in the hub's
 /// stream buffer (which is what decides demotion).
 const RESPONSES_IN_FLIGHT_MAX: usize = 16;
+/// How long a stopping member tries to hand each stream its final "server stopped" status.
+const STOP_NOTICE_WAIT: Duration = Duration::from_millis(500);
 
 pub struct WatchService {
     pub server: Arc<Server>,
@@ -73,6 +78,8 @@ async fn serve_stream(
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut pending: VecDeque<WatchResponse> = VecDeque::new();
     let mut reading = true;
+    let closed = stream.closed();
+    tokio::pin!(closed);
     loop {
         if pending.is_empty() {
             if let Some(message) = stream.pop() {
@@ -93,6 +100,13 @@ async fn serve_stream(
         tokio::select! {
             biased;
             _ = tx.closed() => break,
+            _ = &mut closed => {
+                // The member is stopping: tell the client so it resumes elsewhere. Bounded,
+                // so a client that reads nothing cannot hold up the shutdown.
+                let stopped = EtcdError::Stopped.to_status();
+                let _ = tokio::time::timeout(STOP_NOTICE_WAIT, tx.send(Err(stopped))).await;
+                break;
+            }
             request = requests.message(), if reading && stream.has_room() => match request {
                 Ok(Some(request)) => handle_request(&stream, request),
                 Ok(None) => reading = false,

@@ -25,6 +25,8 @@ pub struct WatchHub {
     pub(crate) store: Arc<Store>,
     config: WatchConfig,
     state: Mutex<HubState>,
+    /// Set once by [`WatchHub::shutdown`]; every stream ends when it flips.
+    closed: tokio::sync::watch::Sender<bool>,
 }
 
 /// Counts for tests and metrics.
@@ -135,6 +137,7 @@ impl WatchHub {
                 streams: HashMap::new(),
                 progress_waiting: HashSet::new(),
             }),
+            closed: tokio::sync::watch::Sender::new(false),
         }))
     }
 
@@ -174,6 +177,17 @@ impl WatchHub {
             );
         }
         state.last_published = state.last_published.max(current_revision);
+    }
+
+    /// Ends every stream (the member is stopping): each gRPC stream finishes with etcd's
+    /// "server stopped" so that clients resume elsewhere, and graceful server shutdown is
+    /// not held up by open watch streams. Streams opened afterwards end at once.
+    pub fn shutdown(&self) {
+        self.closed.send_replace(true);
+    }
+
+    pub fn is_shut_down(&self) -> bool {
+        *self.closed.borrow()
     }
 
     /// Opens the watcher set of one client stream. Dropping the handle removes its watchers.
@@ -559,6 +573,15 @@ impl StreamHandle {
     /// Resolves when there may be something new to pop or catch up.
     pub async fn woken(&self) {
         self.outbox.woken().await
+    }
+
+    /// Resolves once the hub is shut down.
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut closed = self.hub.closed.subscribe();
+        async move {
+            // An error means the hub is gone, which also ends the stream.
+            let _ = closed.wait_for(|c| *c).await;
+        }
     }
 
     /// Watches of this stream that can still produce messages.

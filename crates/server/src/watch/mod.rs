@@ -39,11 +39,9 @@ use keel_storage::Event;
 
 pub use hub::{HubStats, StreamHandle, WatchHub};
 
-/// etcd's text for a create request whose `watch_id` is already in use on the stream
-/// (`mvcc.ErrWatcherDuplicateID`). TODO(lead): move into keel_api's error table.
-pub const DUPLICATE_WATCH_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
-/// etcd's text for a create request with `key >= range_end` (`mvcc.ErrEmptyWatcherRange`).
-pub const EMPTY_WATCHER_RANGE: &str = "mvcc: watcher range is empty";
+pub use keel_api::error::{
+    WATCH_DUPLICATE_ID as DUPLICATE_WATCH_ID, WATCH_EMPTY_RANGE as EMPTY_WATCHER_RANGE,
+};
 /// The watch ID of responses that belong to no single watch: rejected creates and
 /// stream-wide progress notifications (etcd's `clientv3.InvalidWatchID`).
 pub const INVALID_WATCH_ID: i64 = -1;
