@@ -34,6 +34,8 @@ use crate::watch::{WatchConfig, WatchHub};
 
 /// How often everything applied so far is made durable (the Raft log covers the gap).
 const SYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a graceful stop lets open calls finish before it cuts their connections.
+const STOP_GRACE: Duration = Duration::from_secs(2);
 /// Longest wait for a stopped member's store to close.
 const RELEASE_WAIT: Duration = Duration::from_secs(5);
 /// Keys per physical compaction step; small so apply never waits long for the write lock.
@@ -205,7 +207,18 @@ impl Node {
         // Watch streams never end on their own; end them so the graceful stop can finish.
         self.server.watch_hub.shutdown();
         let _ = self.shutdown.send(true);
-        while self.tasks.join_next().await.is_some() {}
+        // In-flight calls get a grace period; streams a client keeps open (keepalive,
+        // Observe, a waiting Lock) would otherwise hold the stop forever.
+        let drained = tokio::time::timeout(STOP_GRACE, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::info!("cutting connections still open {STOP_GRACE:?} after stop");
+            self.connections.kill();
+            self.tasks.abort_all();
+            while self.tasks.join_next().await.is_some() {}
+        }
         self.server.raft.shutdown().await;
         if let Err(e) = self.server.store.sync() {
             tracing::error!(error = %e, "final sync failed");

@@ -21,8 +21,8 @@ use tonic::{Request, Response, Status};
 
 use super::unimplemented::BoxStream;
 use crate::lock::{
-    create_revision_is, create_waiter_key, first_waiter, op_delete, op_put, prefix_end, read, txn,
-    wait_for_change, wait_for_predecessors, waiter_key, waiters_prefix, KeyGuard,
+    create_guarded, create_revision_is, first_waiter, op_delete, op_put, prefix_end, read, txn,
+    wait_for_change, wait_for_predecessors, waiter_key, waiters_prefix,
 };
 use crate::server::Server;
 use crate::watch::WatchHub;
@@ -78,8 +78,8 @@ impl Election for ElectionService {
         }
         let server = &self.server;
         let key = waiter_key(&req.name, req.lease);
-        let (rev, resp, created) = create_waiter_key(server, &key, &req.value, req.lease).await?;
-        let guard = created.then(|| KeyGuard::new(server.clone(), key.clone()));
+        let (rev, resp, guard) = create_guarded(server, &key, &req.value, req.lease).await?;
+        let created = guard.is_some();
         let leader = LeaderKey {
             name: req.name.clone(),
             key: key.clone(),

@@ -15,9 +15,7 @@ use keel_api::v3lockpb::lock_server::Lock;
 use keel_api::v3lockpb::{LockRequest, LockResponse, UnlockRequest, UnlockResponse};
 use tonic::{Request, Response, Status};
 
-use crate::lock::{
-    create_waiter_key, read_local, wait_for_predecessors, waiter_key, waiters_prefix, KeyGuard,
-};
+use crate::lock::{create_guarded, read_local, wait_for_predecessors, waiter_key, waiters_prefix};
 use crate::server::Server;
 use crate::watch::WatchHub;
 
@@ -37,8 +35,7 @@ impl Lock for LockService {
         }
         let server = &self.server;
         let key = waiter_key(&req.name, req.lease);
-        let (my_revision, _, created) = create_waiter_key(server, &key, &[], req.lease).await?;
-        let guard = created.then(|| KeyGuard::new(server.clone(), key.clone()));
+        let (my_revision, _, guard) = create_guarded(server, &key, &[], req.lease).await?;
         wait_for_predecessors(server, &self.hub, &waiters_prefix(&req.name), my_revision).await?;
         // The lease may have expired while we waited: then the key is gone and so is the lock.
         let mine = read_local(

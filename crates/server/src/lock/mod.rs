@@ -152,6 +152,24 @@ pub async fn create_waiter_key(
     Ok((revision, resp, false))
 }
 
+/// `create_waiter_key` that cannot be abandoned half-way: it runs in its own task, so if the
+/// client gives up while the create is being replicated, the task still finishes and its
+/// guard (dropped with the unread result) deletes the key.
+pub async fn create_guarded(
+    server: &Arc<Server>,
+    key: &[u8],
+    value: &[u8],
+    lease: i64,
+) -> Result<(i64, TxnResponse, Option<KeyGuard>), EtcdError> {
+    let (server, key, value) = (server.clone(), key.to_vec(), value.to_vec());
+    let task = tokio::spawn(async move {
+        let (revision, resp, created) = create_waiter_key(&server, &key, &value, lease).await?;
+        Ok((revision, resp, created.then(|| KeyGuard::new(server, key))))
+    });
+    task.await
+        .map_err(|e| EtcdError::Unknown(format!("etcdserver: {e}")))?
+}
+
 /// The oldest waiter on `prefix` (the lock holder, or the election leader).
 pub async fn first_waiter(
     server: &Server,

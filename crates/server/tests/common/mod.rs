@@ -29,8 +29,8 @@ use tonic::{Code, Response, Status};
 
 /// Raft timings for tests: short enough for quick failover, long enough for a loaded
 /// 2-core machine not to flap.
-pub const HEARTBEAT_MS: &str = "50";
-pub const ELECTION_TIMEOUT_MS: &str = "500";
+pub const HEARTBEAT_MS: &str = "100";
+pub const ELECTION_TIMEOUT_MS: &str = "1000";
 /// Longest wait for a leader (several election rounds at the timings above).
 pub const LEADER_WAIT: Duration = Duration::from_secs(15);
 /// Longest wait for a member to catch up or for a condition to settle.
