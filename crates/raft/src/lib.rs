@@ -227,7 +227,11 @@ impl KeelRaft {
     }
 
     fn applied_index(&self) -> u64 {
-        self.raft.metrics().borrow_watched().last_applied.map_or(0, |l| l.index())
+        self.raft
+            .metrics()
+            .borrow_watched()
+            .last_applied
+            .map_or(0, |l| l.index())
     }
 
     pub fn status(&self) -> RaftStatus {
