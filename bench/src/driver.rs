@@ -234,17 +234,7 @@ pub fn key(prefix: &str, space: &str, index: u64) -> Vec<u8> {
     format!("{prefix}{space}/{index:010}").into_bytes()
 }
 
-/// The exclusive range end covering every key that starts with `prefix`.
-pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
+pub use keel_api::prefix_end;
 
 #[cfg(test)]
 mod tests {
@@ -286,13 +276,6 @@ mod tests {
         .await;
         assert!(rec.unsupported);
         assert!(rec.errors >= 1 && rec.errors <= 8, "errors {}", rec.errors);
-    }
-
-    #[test]
-    fn prefix_end_increments_last_byte() {
-        assert_eq!(prefix_end(b"a/"), b"a0".to_vec());
-        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
-        assert_eq!(prefix_end(b"\xff"), vec![0]);
     }
 
     #[test]

@@ -61,3 +61,30 @@ pub use tonic_health as health;
 /// imports, for gRPC server reflection and tooling.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/keel_descriptor.bin"));
+
+/// etcd's range end covering every key that starts with `prefix` (`clientv3.GetPrefixRangeEnd`):
+/// the prefix with its last byte below 0xff incremented and what follows dropped; `[0]` ("to
+/// the end of the key space") when there is no such byte.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    match prefix.iter().rposition(|b| *b != 0xff) {
+        Some(last) => {
+            let mut end = prefix[..=last].to_vec();
+            end[last] += 1;
+            end
+        }
+        None => vec![0],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn prefix_end_follows_etcd() {
+        assert_eq!(prefix_end(b"job/"), b"job0".to_vec());
+        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
+        assert_eq!(prefix_end(b""), vec![0]);
+    }
+}

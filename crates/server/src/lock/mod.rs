@@ -41,17 +41,7 @@ pub fn waiters_prefix(name: &[u8]) -> Vec<u8> {
     prefix
 }
 
-/// etcd's end of the range holding every key that starts with `prefix`.
-pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
+pub use keel_api::prefix_end;
 
 fn unexpected() -> EtcdError {
     EtcdError::Unknown("etcdserver: unexpected apply response".into())
@@ -318,12 +308,5 @@ mod tests {
             b"job/694d7a5c11f02a0b".to_vec()
         );
         assert_eq!(waiters_prefix(b"job"), b"job/".to_vec());
-    }
-
-    #[test]
-    fn prefix_end_is_the_next_prefix() {
-        assert_eq!(prefix_end(b"job/"), b"job0".to_vec());
-        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
-        assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
     }
 }

@@ -29,10 +29,7 @@ pub(crate) enum KeyRange {
 /// etcd's `GetPrefixRangeEnd`: the smallest key greater than every key with `prefix`, or
 /// `None` when there is none (empty prefix or only 0xff bytes).
 pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
-    let last = prefix.iter().rposition(|b| *b != 0xff)?;
-    let mut end = prefix[..=last].to_vec();
-    end[last] += 1;
-    Some(end)
+    Some(keel_api::prefix_end(prefix)).filter(|end| end.as_slice() != [0])
 }
 
 impl KeyRange {
