@@ -32,6 +32,8 @@ const KEY_VOTE: &str = "vote";
 const KEY_COMMITTED: &str = "committed";
 const KEY_PURGED: &str = "purged";
 const RECORD_FORMAT: u8 = 1;
+/// redb page cache of the log file.
+const LOG_CACHE_BYTES: usize = 16 * 1024 * 1024;
 /// How many queued operations one fsync may cover at most.
 const GROUP_OPS_MAX: usize = 4096;
 
@@ -109,7 +111,14 @@ pub struct LogStore {
 impl LogStore {
     /// Opens (or creates) the log file and starts its writer thread.
     pub fn open(path: &Path) -> io::Result<Self> {
-        let db = Arc::new(Database::create(path).map_err(io_err)?);
+        // The log is read back mostly right after it is written (replication of recent
+        // entries, which the pending map also serves), so a small page cache is enough; redb's
+        // default would let the log alone grow to a gigabyte of resident memory.
+        let db = Database::builder()
+            .set_cache_size(LOG_CACHE_BYTES)
+            .create(path)
+            .map_err(io_err)?;
+        let db = Arc::new(db);
         let mut inner = Inner::default();
         {
             let txn = db.begin_write().map_err(io_err)?;
