@@ -36,9 +36,10 @@ enum Routed<T, U> {
 }
 
 /// Whether a failed peer call certainly did not reach the leader's Raft: it said it does not
-/// lead, or the connection was never made.
+/// lead or knows no leader (both answered before proposing), or the connection was never made.
 fn not_delivered(s: &tonic::Status) -> bool {
     s.message() == EtcdError::NotLeader.to_string()
+        || s.message() == EtcdError::NoLeader.to_string()
         || (s.code() == tonic::Code::Unavailable && s.message().contains("tcp connect error"))
 }
 
@@ -136,23 +137,27 @@ impl Proposer {
         let deadline = Instant::now() + self.leader_wait;
         let mut backoff = RETRY_BACKOFF_MIN;
         loop {
-            match local().await {
+            // What to answer if the deadline passes now.
+            let gave_up = match local().await {
                 Ok(value) => return Ok(Routed::Local(value)),
                 Err(RaftError::ForwardTo { leader, member }) => {
                     match remote(peer_client(self.peer(leader, &member)?)).await {
                         Ok(value) => return Ok(Routed::Remote(value)),
-                        Err(s) if not_delivered(&s) => {}
+                        Err(s) if not_delivered(&s) => status_to_error(&s),
                         Err(s) => return Err(status_to_error(&s)),
                     }
                 }
                 Err(RaftError::NoLeader) => {
                     self.await_leader().await?;
-                    continue;
+                    EtcdError::NoLeader
                 }
                 Err(e) => return Err(raft_error(e)),
-            }
+            };
             if Instant::now() >= deadline {
-                return Err(EtcdError::LeaderChanged);
+                return Err(match gave_up {
+                    EtcdError::NoLeader => EtcdError::NoLeader,
+                    _ => EtcdError::LeaderChanged,
+                });
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
