@@ -116,13 +116,14 @@ async fn lease_expiry_keepalive_and_revoke_on_one_member() {
         .expect("keepalive stream")
         .into_inner();
     let until = Instant::now() + Duration::from_secs(4);
+    let mut pace = tokio::time::interval(Duration::from_millis(500));
     while Instant::now() < until {
+        pace.tick().await;
         tx.send(LeaseKeepAliveRequest { id: kept })
             .await
             .expect("send");
         let resp = responses.message().await.expect("recv").expect("response");
         assert_eq!((resp.id, resp.ttl), (kept, 2));
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert_eq!(
         get(&mut kv, prefix_req("kept")).await.kvs.len(),

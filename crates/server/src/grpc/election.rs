@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::unimplemented::BoxStream;
+use super::BoxStream;
 use crate::lock::{
     create_guarded, create_revision_is, first_waiter, op_delete, op_put, prefix_end, read, txn,
     wait_for_change, wait_for_predecessors, waiter_key, waiters_prefix,

@@ -22,7 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::unimplemented::BoxStream;
+use super::BoxStream;
 use crate::apply::lease::MAX_LEASE_TTL_S;
 use crate::apply::range::storage_error;
 use crate::server::Server;

@@ -11,7 +11,8 @@ use keel_api::etcdserverpb::cluster_server::Cluster;
 use keel_api::etcdserverpb::maintenance_server::Maintenance;
 use tonic::{Request, Response, Status};
 
-use super::unimplemented::{unimplemented, unimplemented_rpcs, BoxStream};
+use super::unimplemented::{unimplemented, unimplemented_rpcs};
+use super::BoxStream;
 use crate::apply::member_attributes;
 use crate::apply::range::storage_error;
 use crate::server::Server;

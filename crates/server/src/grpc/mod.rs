@@ -14,7 +14,10 @@ pub mod peer;
 pub mod unimplemented;
 pub mod watch;
 
+use std::pin::Pin;
 use std::sync::Arc;
+
+use futures::Stream;
 
 use keel_api::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
@@ -27,6 +30,9 @@ use keel_raft::PEER_MESSAGE_BYTES_MAX;
 use tonic::service::Routes;
 
 use crate::server::Server;
+
+/// The response stream type of every server-streaming RPC keel serves.
+pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, tonic::Status>> + Send + 'static>>;
 
 /// Every client-facing service, with decode limits above `--max-request-bytes`.
 pub async fn client_routes(server: &Arc<Server>) -> Routes {

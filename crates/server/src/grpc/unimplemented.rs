@@ -3,15 +3,11 @@
 //!
 //! Must never: pretend to succeed. Each capability moves out of this file when its issue lands.
 
-use std::pin::Pin;
-
-use futures::Stream;
 use keel_api::error::EtcdError;
 use keel_api::etcdserverpb as pb;
 use tonic::{Response, Status};
 
 type Reply<T> = Result<Response<T>, Status>;
-pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 pub fn unimplemented<T>(rpc: &str) -> Reply<T> {
     Err(EtcdError::Unimplemented(rpc.to_string()).to_status())
