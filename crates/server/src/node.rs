@@ -102,6 +102,16 @@ impl Node {
         let member_dir = config.data_dir().join("member");
         std::fs::create_dir_all(&member_dir)
             .map_err(|e| StartError::DataDir(member_dir.clone(), e))?;
+        let old_log = member_dir.join("raft.redb");
+        if old_log.exists() {
+            // Before the write-ahead log, the Raft log was a redb file; there is no converter.
+            return Err(StartError::DataDir(
+                old_log,
+                std::io::Error::other(
+                    "Raft log of an older keel format; start from a new data dir",
+                ),
+            ));
+        }
 
         let founders = config.initial_members()?;
         let token = &config.initial_cluster_token;
@@ -125,7 +135,7 @@ impl Node {
             id: my_id,
             heartbeat_interval_ms: config.heartbeat_interval,
             election_timeout_ms: config.election_timeout,
-            log_path: member_dir.join("raft.redb"),
+            log_path: member_dir.join("wal"),
             snapshot_every_entries: config.snapshot_count,
         };
         let leases = Arc::new(Leases::default());
