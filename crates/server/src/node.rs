@@ -280,10 +280,16 @@ fn serve_all(
         let mut stop = shutdown.subscribe();
         tasks.spawn(async move {
             // etcdctl 3.4 sends URL-shaped :authority headers that h2 would reject.
-            let incoming = TcpListenerStream::new(listener)
-                .map_ok(move |conn| AuthorityFix::new(connections.wrap(conn)));
+            // tonic's own `tcp_nodelay` applies only to listeners it binds itself: without
+            // TCP_NODELAY here, a response written in two segments waits for the peer's
+            // delayed ACK (~40 ms) under Nagle's algorithm.
+            let incoming = TcpListenerStream::new(listener).map_ok(move |conn| {
+                if let Err(e) = conn.set_nodelay(true) {
+                    tracing::debug!(error = %e, "TCP_NODELAY not set");
+                }
+                AuthorityFix::new(connections.wrap(conn))
+            });
             let result = tonic::transport::Server::builder()
-                .tcp_nodelay(true)
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stop.wait_for(|s| *s).await;
