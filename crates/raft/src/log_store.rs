@@ -695,6 +695,12 @@ fn write_group(
     last_seq: &mut u64,
 ) -> io::Result<()> {
     let mut new_dir_entry = false;
+    // Only a group that someone waits for needs the fsync: a group of committed-index records
+    // (written on every commit, and only a restart hint) rides on the next fsync instead.
+    let needs_sync = ops.iter().any(|op| match op {
+        Op::Write { callback, done, .. } => callback.is_some() || done.is_some(),
+        Op::Rotate { .. } | Op::Delete { .. } => true,
+    });
     for op in ops.iter_mut() {
         match op {
             Op::Write { seq, bytes, .. } => {
@@ -709,7 +715,9 @@ fn write_group(
             Op::Delete { segments } => deletes.append(segments),
         }
     }
-    file.sync_data()?;
+    if needs_sync {
+        file.sync_data()?;
+    }
     if new_dir_entry {
         sync_dir(dir)?;
     }
