@@ -234,6 +234,24 @@ impl Inner {
         }
     }
 
+    /// Records an entry's location. An entry at or below the last one replaces it and what
+    /// follows (as after a truncation); an entry after a gap starts the log afresh (it
+    /// follows a purge past the end, when a snapshot was installed).
+    fn push_loc(&mut self, loc: Loc) {
+        let index = loc.log_id.index();
+        self.drop_from(index);
+        if self
+            .locs
+            .back()
+            .is_some_and(|l| l.log_id.index() + 1 != index)
+        {
+            self.locs.clear();
+            self.cache.clear();
+            self.cache_bytes = 0;
+        }
+        self.locs.push_back(loc);
+    }
+
     fn evict(&mut self) {
         while self.cache_bytes > CACHE_BYTES
             && self
@@ -594,23 +612,13 @@ fn replay_segment(id: u64, data: &[u8], meta: &mut Meta, inner: &mut Inner) -> i
             }
             KIND_ENTRY => {
                 let entry: Entry = bincode::deserialize(payload).map_err(bad)?;
-                let index = entry.index();
-                inner.drop_from(index);
-                if inner
-                    .locs
-                    .back()
-                    .is_some_and(|l| l.log_id.index() + 1 != index)
-                {
-                    // Entries after a gap follow a purge past the log's end (a snapshot was
-                    // installed); the check after replay proves the purge covers the gap.
-                    inner.locs.clear();
-                }
-                inner.locs.push_back(Loc {
+                // After a gap, the check at the end of replay proves a purge covers it.
+                inner.push_loc(Loc {
                     log_id: entry.log_id(),
                     segment: id,
                     offset: at as u64,
                 });
-                max_index = max_index.max(index);
+                max_index = max_index.max(entry.index());
             }
             other => {
                 return Err(invalid(format!(
@@ -829,7 +837,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             for (entry, segment, offset, bytes) in added {
                 let max = inner.segment_max.entry(segment).or_insert(0);
                 *max = (*max).max(entry.index());
-                inner.locs.push_back(Loc {
+                inner.push_loc(Loc {
                     log_id: entry.log_id(),
                     segment,
                     offset,
@@ -998,6 +1006,27 @@ mod tests {
         assert_eq!(all(&mut store).await, want);
         let state = store.get_log_state().await.expect("state");
         assert_eq!(state.last_log_id, Some(log_id(2, 5)));
+    }
+
+    #[tokio::test]
+    async fn an_append_over_existing_entries_replaces_them_without_a_truncate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let want = vec![
+            log_id(1, 1),
+            log_id(1, 2),
+            log_id(1, 3),
+            log_id(2, 4),
+            log_id(2, 5),
+            log_id(2, 6),
+        ];
+        {
+            let mut store = LogStore::open(dir.path()).expect("open");
+            append(&mut store, entries(1, 1..=5)).await;
+            append(&mut store, entries(2, 4..=6)).await;
+            assert_eq!(all(&mut store).await, want);
+        }
+        let mut store = LogStore::open(dir.path()).expect("reopen");
+        assert_eq!(all(&mut store).await, want);
     }
 
     #[tokio::test]

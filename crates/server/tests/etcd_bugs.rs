@@ -230,7 +230,10 @@ async fn slow_watchers_under_compaction(watchers: usize, with_deletes: bool, pre
         canceled += usize::from(responses.iter().any(|r| r.canceled));
     }
     tracing::info!(watchers, canceled, compactions, "scenario done");
-    assert!(canceled > 0, "no watcher fell behind a compaction: the scenario needs slower readers");
+    assert!(
+        canceled > 0,
+        "no watcher fell behind a compaction: the scenario needs slower readers"
+    );
     cluster.shutdown().await;
 }
 
