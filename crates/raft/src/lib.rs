@@ -258,6 +258,24 @@ impl KeelRaft {
         }
     }
 
+    /// Waits until Raft stops. `Some(reason)` when it stopped on its own because of a fatal
+    /// error (a storage failure in the log or the state machine, a panic): the member must
+    /// then stop too, never carry on. `None` after an orderly [`KeelRaft::shutdown`].
+    pub async fn stopped(&self) -> Option<String> {
+        let mut metrics = self.raft.metrics();
+        loop {
+            match &metrics.borrow_watched().running_state {
+                Ok(()) => {}
+                Err(openraft::errors::Fatal::Stopped) => return None,
+                Err(e) => return Some(e.to_string()),
+            }
+            // Fails only once the core task is gone without saying why (it panicked).
+            if metrics.changed().await.is_err() {
+                return Some("raft core ended".to_string());
+            }
+        }
+    }
+
     pub async fn shutdown(&self) {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
