@@ -6,6 +6,7 @@
 //! crate's boundary, so upgrading the pinned alpha touches only this crate.
 //! Must never: interpret application payloads.
 
+pub mod failpoints;
 mod log_store;
 mod network;
 mod state_machine;

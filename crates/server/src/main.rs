@@ -22,6 +22,9 @@ fn init_logging(format: &str) {
 async fn main() -> std::process::ExitCode {
     let config = Config::parse();
     init_logging(&config.log_format);
+    // Crash points named by FAILPOINTS; nothing unless built with the `failpoints` feature.
+    #[allow(clippy::let_unit_value)]
+    let _failpoints = keel_raft::failpoints::setup();
     let node = match start(&config).await {
         Ok(node) => node,
         Err(e) => {

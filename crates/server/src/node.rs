@@ -449,7 +449,14 @@ async fn maintain_store(
         let store = store.clone();
         let result =
             tokio::task::spawn_blocking(move || -> Result<(), keel_storage::StorageError> {
-                while !store.compact_step(COMPACT_STEP_KEYS)? {}
+                while store.compaction_pending()? {
+                    keel_raft::crash_point!("compact::before_step");
+                    let done = store.compact_step(COMPACT_STEP_KEYS)?;
+                    keel_raft::crash_point!("compact::after_step");
+                    if done {
+                        break;
+                    }
+                }
                 store.sync()
             })
             .await;
