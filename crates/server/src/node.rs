@@ -279,8 +279,11 @@ impl Node {
             while self.tasks.join_next().await.is_some() {}
         }
         self.server.raft.shutdown().await;
-        if let Err(e) = self.server.store.sync() {
-            tracing::error!(error = %e, "final sync failed");
+        // After a fatal storage error a sync that "works" would promise nothing: skip it.
+        if self.fatal_error().is_none() {
+            if let Err(e) = self.server.store.sync() {
+                tracing::error!(error = %e, "final sync failed");
+            }
         }
         tracing::info!(name = %self.server.name, "keel member stopped");
         release(self.server).await;

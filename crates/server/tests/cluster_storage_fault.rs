@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use keel_api::etcdserverpb::HashKvRequest;
+use keel_api::etcdserverpb::{HashKvRequest, RangeRequest};
 use keel_server::WrapBackend;
-use keel_storage::{Backend, Fault, FaultPlan, FaultSpec, FaultyBackend};
+use keel_storage::{Backend, Fault, FaultPlan, FaultSpec, FaultyBackend, Table};
 
 /// Three members, each store engine behind its own (unarmed) fault plan.
 async fn faulty_cluster() -> (TestCluster, Vec<Arc<FaultPlan>>) {
@@ -97,11 +97,10 @@ async fn assert_member_stopped(cluster: &TestCluster, i: usize) -> String {
         .await
         .unwrap_or_else(|_| panic!("m{i} did not stop within {SETTLE_WAIT:?}"));
     tracing::info!(member = i, %reason, "member stopped on a fatal error");
-    assert!(reason.contains("injected fault"), "m{i} reason: {reason}");
     let mut kv = cluster.kv(i);
     let what = format!("m{i} to refuse requests");
     eventually(&what, SETTLE_WAIT, async || {
-        let serializable = keel_api::etcdserverpb::RangeRequest {
+        let serializable = RangeRequest {
             serializable: true,
             ..range_req("\0", "\0")
         };
@@ -138,7 +137,8 @@ async fn failed_apply_commit_stops_the_leader_and_loses_no_acknowledged_write() 
     assert_eq!(plans[leader].fired(Fault::CommitError), 1);
 
     tracing::info!("--- phase 3: the leader stops instead of carrying on");
-    assert_member_stopped(&cluster, leader).await;
+    let reason = assert_member_stopped(&cluster, leader).await;
+    assert!(reason.contains("injected fault"), "{reason}");
     cluster.kill(leader).await;
 
     tracing::info!("--- phase 4: the other two elect a leader and keep serving");
@@ -170,7 +170,8 @@ async fn failed_durable_sync_stops_a_follower_and_loses_no_acknowledged_write() 
     plans[follower].arm(FaultSpec::once(Fault::SyncError));
 
     tracing::info!("--- phase 2: the periodic durable commit fails and the follower stops");
-    assert_member_stopped(&cluster, follower).await;
+    let reason = assert_member_stopped(&cluster, follower).await;
+    assert!(reason.contains("injected fault"), "{reason}");
     assert_eq!(plans[follower].fired(Fault::SyncError), 1);
     cluster.kill(follower).await;
 
@@ -185,6 +186,65 @@ async fn failed_durable_sync_stops_a_follower_and_loses_no_acknowledged_write() 
     plans[follower].disarm_all();
     cluster.restart(follower).await;
     assert_acked_present(&cluster, follower, &acked).await;
+    assert_same_hash(&cluster).await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flipped_bits_are_never_served_and_stop_the_member_that_applies_them() {
+    let (mut cluster, plans) = faulty_cluster().await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = cluster.followers(leader)[0];
+    let mut acked = BTreeMap::new();
+    write_keys(&cluster, leader, "k", 10, &mut acked).await;
+    assert_acked_present(&cluster, follower, &acked).await;
+
+    tracing::info!("--- phase 1: every Kv read on m{follower} comes back with a bit flipped");
+    plans[follower].arm(FaultSpec {
+        table: Some(Table::Kv),
+        times: u64::MAX,
+        ..FaultSpec::once(Fault::FlipValueBit)
+    });
+    let serializable = RangeRequest {
+        serializable: true,
+        ..range_req("\0", "\0")
+    };
+    match cluster.kv(follower).range(serializable.clone()).await {
+        Ok(resp) => panic!("corrupt data served: {:?}", pairs(&resp.into_inner())),
+        Err(s) => {
+            tracing::info!(code = ?s.code(), message = s.message(), "read refused");
+            assert!(s.message().contains("corrupt"), "{}", s.message());
+        }
+    }
+    assert!(plans[follower].fired(Fault::FlipValueBit) >= 1);
+
+    tracing::info!("--- phase 2: the read path was at fault, not the data: reads work again");
+    plans[follower].disarm_all();
+    let resp = ok(
+        "serializable range",
+        cluster.kv(follower).range(serializable).await,
+    );
+    let got: BTreeMap<String, String> = pairs(&resp).into_iter().collect();
+    assert_eq!(got, acked);
+
+    tracing::info!("--- phase 3: apply on m{follower} reads a corrupt version: it stops");
+    plans[follower].arm(FaultSpec {
+        table: Some(Table::Kv),
+        times: u64::MAX,
+        ..FaultSpec::once(Fault::FlipValueBit)
+    });
+    // Overwriting keys makes apply read their previous versions.
+    write_keys(&cluster, leader, "k", 10, &mut acked).await;
+    let reason = assert_member_stopped(&cluster, follower).await;
+    assert!(reason.contains("corrupt"), "{reason}");
+    cluster.kill(follower).await;
+
+    tracing::info!("--- phase 4: restart without the fault; it catches up");
+    plans[follower].disarm_all();
+    cluster.restart(follower).await;
+    for i in cluster.running() {
+        assert_acked_present(&cluster, i, &acked).await;
+    }
     assert_same_hash(&cluster).await;
     cluster.shutdown().await;
 }

@@ -451,3 +451,32 @@ async fn crash_before_compaction_step() {
 async fn crash_after_compaction_step() {
     crash_during_compaction("compact::after_step").await;
 }
+
+/// A panic at a crash point (not an abort) stops the member's Raft; the `keel` process must
+/// then stop serving and exit with a failure code rather than linger half-alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panic_in_apply_stops_the_process_with_a_failure_code() {
+    let mut cluster = ProcCluster::new(3, &[]);
+    tracing::info!("--- phase 1: m0 panics in its 10th apply");
+    cluster.spawn(0, Some("apply::before_commit=10*off->panic"));
+    cluster.spawn(1, None);
+    cluster.spawn(2, None);
+    let mut acked = BTreeMap::new();
+    write_through_crash(&mut cluster, &[1, 2], 0, 20, &mut acked).await;
+    let status = cluster.wait_exit(0).await;
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "m0 should exit with 1, got {status:?}"
+    );
+    let log = std::fs::read_to_string(&cluster.members[0].log).expect("m0 log");
+    assert!(
+        log.contains("keel: stopped after a fatal error"),
+        "m0 did not report its fatal stop:\n{}",
+        cluster.log_tails()
+    );
+
+    tracing::info!("--- phase 2: restart m0; everything converges");
+    cluster.spawn(0, None);
+    assert_converged(&cluster, &acked).await;
+}
