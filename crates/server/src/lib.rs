@@ -17,4 +17,4 @@ pub mod server;
 pub mod watch;
 
 pub use config::Config;
-pub use node::{Listeners, Node, StartError};
+pub use node::{Listeners, Node, StartError, WrapBackend};

@@ -2,8 +2,12 @@
 //!
 //! Owns: the data directory layout, bootstrapping Raft from `--initial-cluster`, binding the
 //! client and peer listeners, the member's background tasks (publishing its attributes, the
-//! periodic durable commit, physical compaction) and an orderly shutdown.
-//! Must never: serve a request before Raft and the store are open.
+//! periodic durable commit, physical compaction), an orderly shutdown, and the fatal stop:
+//! when the store fails a commit or a durable sync (Raft stops on a failed apply, the
+//! maintenance task on a failed sync) the member stops serving and stops Raft at once and
+//! reports why through [`Node::wait_fatal`] (the binary then exits non-zero).
+//! Must never: serve a request before Raft and the store are open, or carry on after a
+//! failed fsync (the pages it lost would be reported durable by the next sync that works).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -15,7 +19,7 @@ use futures::TryStreamExt;
 use keel_api::keelpb::internal_request::Request as Command;
 use keel_api::keelpb::MemberAttributes;
 use keel_raft::{KeelRaft, Member, RaftConfig};
-use keel_storage::Store;
+use keel_storage::{Backend, RedbBackend, Store};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -55,6 +59,13 @@ pub enum StartError {
     Listen(String, std::io::Error),
 }
 
+/// Wraps the member's state-machine engine before the store opens it (tests insert a
+/// fault-injecting engine here; the binary never sets one).
+pub type WrapBackend = Arc<dyn Fn(Arc<dyn Backend>) -> Arc<dyn Backend> + Send + Sync>;
+
+/// Why a member stopped on its own; `None` while it runs (or after an orderly stop).
+type FatalReason = watch::Sender<Option<String>>;
+
 /// Sockets a member serves on, bound before it starts (tests bind port 0 and read the
 /// addresses back; the binary binds the configured URLs).
 pub struct Listeners {
@@ -91,13 +102,23 @@ pub struct Node {
     pub peer_addrs: Vec<SocketAddr>,
     election_timeout: Duration,
     connections: Arc<KillSwitch>,
-    shutdown: watch::Sender<bool>,
+    shutdown: Arc<watch::Sender<bool>>,
+    fatal: Arc<FatalReason>,
     tasks: JoinSet<()>,
 }
 
 impl Node {
     /// Opens storage and Raft, bootstraps or rejoins the cluster, and starts serving.
     pub async fn start(config: &Config, listeners: Listeners) -> Result<Node, StartError> {
+        Self::start_with(config, listeners, None).await
+    }
+
+    /// [`Node::start`] with the state-machine engine passed through `wrap` first.
+    pub async fn start_with(
+        config: &Config,
+        listeners: Listeners,
+        wrap: Option<WrapBackend>,
+    ) -> Result<Node, StartError> {
         config.validate()?;
         let member_dir = config.data_dir().join("member");
         std::fs::create_dir_all(&member_dir)
@@ -130,7 +151,11 @@ impl Node {
             })?;
         let my_id = member_id(my_urls, token);
 
-        let store = Arc::new(Store::open_redb(member_dir.join("kv.redb"))?);
+        let mut engine: Arc<dyn Backend> = Arc::new(RedbBackend::open(member_dir.join("kv.redb"))?);
+        if let Some(wrap) = wrap {
+            engine = wrap(engine);
+        }
+        let store = Arc::new(Store::open(engine)?);
         let raft_config = RaftConfig {
             id: my_id,
             heartbeat_interval_ms: config.heartbeat_interval,
@@ -163,7 +188,8 @@ impl Node {
             raft: raft.clone(),
         });
 
-        let (shutdown, _) = watch::channel(false);
+        let shutdown = Arc::new(watch::channel(false).0);
+        let fatal: Arc<FatalReason> = Arc::new(watch::channel(None).0);
         let connections = Arc::new(KillSwitch::default());
         let mut tasks = JoinSet::new();
         let peer_addrs = serve_all(
@@ -196,7 +222,17 @@ impl Node {
             &connections,
         );
         tasks.spawn(publish_attributes(server.clone(), shutdown.subscribe()));
-        tasks.spawn(maintain_store(server.store.clone(), shutdown.subscribe()));
+        tasks.spawn(maintain_store(
+            server.store.clone(),
+            fatal.clone(),
+            shutdown.subscribe(),
+        ));
+        tasks.spawn(halt_on_fatal(
+            server.clone(),
+            fatal.clone(),
+            shutdown.clone(),
+            connections.clone(),
+        ));
         let election_timeout = Duration::from_millis(config.election_timeout);
         tasks.spawn(leases.run(server.clone(), election_timeout, shutdown.subscribe()));
         tracing::info!(name = %config.name, member_id = %format!("{my_id:x}"), ?client_addrs, ?peer_addrs, "keel member started");
@@ -207,8 +243,31 @@ impl Node {
             election_timeout: Duration::from_millis(config.election_timeout),
             connections,
             shutdown,
+            fatal,
             tasks,
         })
+    }
+
+    /// Why this member stopped on its own, if it did (see [`Node::wait_fatal`]).
+    pub fn fatal_error(&self) -> Option<String> {
+        self.fatal.borrow().clone()
+    }
+
+    /// Waits until this member stops on its own because of a fatal error (a failed commit or
+    /// sync of its store, Raft's storage failing) and returns the reason. By then it serves
+    /// nothing and Raft has stopped; `stop` or `kill` still release its files.
+    pub async fn wait_fatal(&self) -> String {
+        let mut fatal = self.fatal.subscribe();
+        let reason = fatal
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|reason| reason.clone());
+        match reason {
+            Some(reason) => reason,
+            // The sender lives in `self`, so it cannot be dropped while we borrow `self`.
+            None => std::future::pending().await,
+        }
     }
 
     /// Hands over leadership, stops serving, stops Raft and makes everything applied durable.
@@ -230,8 +289,11 @@ impl Node {
             while self.tasks.join_next().await.is_some() {}
         }
         self.server.raft.shutdown().await;
-        if let Err(e) = self.server.store.sync() {
-            tracing::error!(error = %e, "final sync failed");
+        // After a fatal storage error a sync that "works" would promise nothing: skip it.
+        if self.fatal_error().is_none() {
+            if let Err(e) = self.server.store.sync() {
+                tracing::error!(error = %e, "final sync failed");
+            }
         }
         tracing::info!(name = %self.server.name, "keel member stopped");
         release(self.server).await;
@@ -357,8 +419,46 @@ async fn publish_attributes(server: Arc<Server>, mut stop: watch::Receiver<bool>
     }
 }
 
-/// Periodic durable commit and physical compaction, off the apply path.
-async fn maintain_store(store: Arc<Store>, mut stop: watch::Receiver<bool>) {
+/// Stops the member when Raft stops on a fatal error or the store fails a sync: stop
+/// accepting, cut every connection, end watch streams, stop Raft. Nothing is retried.
+async fn halt_on_fatal(
+    server: Arc<Server>,
+    fatal: Arc<FatalReason>,
+    shutdown: Arc<watch::Sender<bool>>,
+    connections: Arc<KillSwitch>,
+) {
+    let mut stop = shutdown.subscribe();
+    let mut reported = fatal.subscribe();
+    let reason = tokio::select! {
+        biased;
+        _ = stop.wait_for(|s| *s) => return,
+        reason = reported.wait_for(Option::is_some) => {
+            match reason.ok().and_then(|reason| reason.clone()) {
+                Some(reason) => reason,
+                None => return,
+            }
+        }
+        reason = server.raft.stopped() => match reason {
+            Some(reason) => format!("raft stopped: {reason}"),
+            None => return,
+        },
+    };
+    tracing::error!(name = %server.name, error = %reason, "fatal storage failure; member stopping");
+    fatal.send_replace(Some(reason));
+    let _ = shutdown.send(true);
+    server.watch_hub.shutdown();
+    connections.kill();
+    server.raft.shutdown().await;
+}
+
+/// Periodic durable commit and physical compaction, off the apply path. A failure is fatal
+/// for the member: a failed fsync is not retryable (the next one may succeed without the
+/// lost pages ever reaching the disk).
+async fn maintain_store(
+    store: Arc<Store>,
+    fatal: Arc<FatalReason>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(SYNC_INTERVAL);
     loop {
         tokio::select! {
@@ -368,16 +468,22 @@ async fn maintain_store(store: Arc<Store>, mut stop: watch::Receiver<bool>) {
         let store = store.clone();
         let result =
             tokio::task::spawn_blocking(move || -> Result<(), keel_storage::StorageError> {
-                while !store.compact_step(COMPACT_STEP_KEYS)? {}
+                while store.compaction_pending()? {
+                    keel_raft::crash_point!("compact::before_step");
+                    let done = store.compact_step(COMPACT_STEP_KEYS)?;
+                    keel_raft::crash_point!("compact::after_step");
+                    if done {
+                        break;
+                    }
+                }
                 store.sync()
             })
             .await;
         match result {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                // A failed fsync is not retryable: the member must not carry on as if durable.
-                tracing::error!(error = %e, "store maintenance failed; stopping");
-                std::process::exit(1);
+                fatal.send_replace(Some(format!("store maintenance (sync) failed: {e}")));
+                return;
             }
             Err(e) => tracing::error!(error = %e, "store maintenance task panicked"),
         }
