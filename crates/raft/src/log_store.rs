@@ -50,6 +50,8 @@ const GROUP_OPS_MAX: usize = 4096;
 /// Largest record payload accepted when reading back (a corrupt length must not allocate GiBs).
 const RECORD_BYTES_MAX: u32 = 1 << 30;
 const FRAME_HEADER: usize = 9;
+/// How long opening waits for the directory lock held by a writer that is shutting down.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 const RECORD_FORMAT: u8 = 1;
 
 const KIND_START: u8 = 1;
@@ -363,6 +365,7 @@ impl LogStore {
     /// Like [`LogStore::open`] with a chosen segment size (tests use small segments).
     pub fn open_with(dir: &Path, segment_bytes: u64) -> io::Result<Self> {
         fs::create_dir_all(dir)?;
+        let lock = lock_dir(dir)?;
         let (inner, file) = recover(dir, segment_bytes)?;
         let (tx, rx) = mpsc::channel();
         let inner = Arc::new(Mutex::new(inner));
@@ -370,7 +373,11 @@ impl LogStore {
         let dir = dir.to_path_buf();
         thread::Builder::new()
             .name("keel-raft-log".into())
-            .spawn(move || writer_loop(&dir, file, &shared, &rx))?;
+            .spawn(move || {
+                writer_loop(&dir, file, &shared, &rx);
+                // The directory stays locked until the writer is gone for good.
+                drop(lock);
+            })?;
         Ok(Self { inner, writer: tx })
     }
 
@@ -429,6 +436,33 @@ impl LogStore {
         }
         out.extend(cached);
         Ok(out)
+    }
+}
+
+/// Takes the log directory's exclusive lock (`LOCK`, an advisory file lock): two writers on
+/// one log would interleave their records. A writer of this process that is still shutting
+/// down (a member restarted in place) gets `LOCK_WAIT` to let go.
+fn lock_dir(dir: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("LOCK"))?;
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::ResourceBusy,
+                    format!("raft log {} is in use by another writer", dir.display()),
+                ))
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(e),
+        }
     }
 }
 
@@ -1027,6 +1061,23 @@ mod tests {
         }
         let mut store = LogStore::open(dir.path()).expect("reopen");
         assert_eq!(all(&mut store).await, want);
+    }
+
+    #[tokio::test]
+    async fn a_second_writer_waits_for_the_first_to_close() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut first = LogStore::open(dir.path()).expect("open");
+        append(&mut first, entries(1, 1..=2)).await;
+        let path = dir.path().to_path_buf();
+        let second = std::thread::spawn(move || LogStore::open(&path).map(|_| ()));
+        // While the first store lives, the second open waits on the lock.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(!second.is_finished(), "opened a log another writer holds");
+        drop(first);
+        second
+            .join()
+            .expect("thread")
+            .expect("opens once the first writer is gone");
     }
 
     #[tokio::test]

@@ -20,6 +20,9 @@ fn definition(table: Table) -> Def {
     TableDefinition::new(table.name())
 }
 
+/// How long opening waits for a lock still held by this process's previous handle.
+const OPEN_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// redb-backed [`Backend`] over one database file.
 pub struct RedbBackend {
     db: Database,
@@ -30,7 +33,21 @@ impl RedbBackend {
     /// Opens the database file at `path`, creating it (and all tables) if missing.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let db = Database::create(&path).map_err(StorageError::backend)?;
+        // The file is locked while any handle of it lives, and a read transaction outlives
+        // its store until whoever holds it lets go. A member restarted in place (in the same
+        // process, as tests do) waits for its predecessor's last readers; another process
+        // holding the file gets the lock error after the wait.
+        let deadline = std::time::Instant::now() + OPEN_LOCK_WAIT;
+        let db = loop {
+            match Database::create(&path) {
+                Err(redb::DatabaseError::DatabaseAlreadyOpen)
+                    if std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => break other.map_err(StorageError::backend)?,
+            }
+        };
         let txn = db.begin_write().map_err(StorageError::backend)?;
         for table in Table::ALL {
             txn.open_table(definition(table))
@@ -190,5 +207,27 @@ impl WriteTxn for RedbWrite {
         txn.set_durability(durability)
             .map_err(StorageError::backend)?;
         txn.commit().map_err(StorageError::backend)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_open_waits_for_the_first_handle_to_close() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("kv.redb");
+        let first = RedbBackend::open(&path).expect("open");
+        let second_path = path.clone();
+        let second = std::thread::spawn(move || RedbBackend::open(second_path).map(|_| ()));
+        // While the first handle lives, the second open keeps waiting on the file lock.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(!second.is_finished(), "opened a file another handle holds");
+        drop(first);
+        second
+            .join()
+            .expect("thread")
+            .expect("opens once the first handle is gone");
     }
 }
