@@ -16,6 +16,8 @@
 //! * `snapshot::before_build`, `snapshot::after_build`: building a snapshot (before the sync
 //!   that lets Raft purge its log; after the dump, before Raft purges).
 //! * `snapshot::before_install`, `snapshot::after_install`: installing a leader's snapshot.
+//! * `wal::before_fsync`, `wal::after_fsync`: a group of Raft log records written but not yet
+//!   synced (nothing in it acknowledged), and synced but not yet reported to Raft.
 //!
 //! Must never: be compiled into a default build, or do anything while unconfigured.
 

@@ -757,9 +757,11 @@ fn write_group(
             Op::Delete { segments } => deletes.append(segments),
         }
     }
+    crate::crash_point!("wal::before_fsync");
     if needs_sync {
         file.sync_data()?;
     }
+    crate::crash_point!("wal::after_fsync");
     if new_dir_entry {
         sync_dir(dir)?;
     }

@@ -353,6 +353,16 @@ async fn crash_after_snapshot_build() {
     crash_during_writes("snapshot::after_build", 0, &["--snapshot-count", "20"]).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_before_log_fsync() {
+    crash_during_writes("wal::before_fsync", 10, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_log_fsync() {
+    crash_during_writes("wal::after_fsync", 10, &[]).await;
+}
+
 /// m0 is down while m1 and m2 take enough writes to purge their logs behind a snapshot;
 /// m0 then starts with `point` set and must install a snapshot, crashing there.
 async fn crash_during_snapshot_install(point: &str) {
