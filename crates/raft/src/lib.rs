@@ -7,7 +7,9 @@
 //! Must never: interpret application payloads.
 
 mod log_store;
+mod mem_log;
 mod network;
+mod rt;
 mod state_machine;
 mod types;
 
@@ -21,7 +23,11 @@ use openraft::rt::watch::WatchReceiver;
 use openraft::{Config, ReadPolicy, ServerState, SnapshotPolicy};
 
 pub use log_store::LogStore;
-pub use network::{peer_channel, peer_client, NetworkFactory, PEER_MESSAGE_BYTES_MAX};
+pub use mem_log::{MemLog, MemLogDisk, MemLogOptions};
+pub use network::{
+    peer_channel, peer_client, set_peer_dialer, NetworkFactory, PeerDialer, PEER_MESSAGE_BYTES_MAX,
+};
+pub use rt::{seed_thread_rng, KeelRuntime};
 pub use state_machine::{Applier, StateMachine};
 pub use types::{Member, NodeId, Request, Response, TypeConfig};
 
@@ -85,6 +91,20 @@ pub struct KeelRaft {
 impl KeelRaft {
     /// Opens the log, builds the state machine adapter and starts Raft.
     pub async fn start(cfg: &RaftConfig, applier: Arc<dyn Applier>) -> Result<Self, RaftError> {
+        let log = LogStore::open(&cfg.log_path).map_err(fatal)?;
+        Self::start_with_log(cfg, applier, log).await
+    }
+
+    /// Starts Raft on a given log store (`cfg.log_path` is not used): the simulation's
+    /// [`MemLog`], or a test's.
+    pub async fn start_with_log<LS>(
+        cfg: &RaftConfig,
+        applier: Arc<dyn Applier>,
+        log: LS,
+    ) -> Result<Self, RaftError>
+    where
+        LS: openraft::storage::RaftLogStorage<TypeConfig>,
+    {
         let config = Config {
             cluster_name: "keel".into(),
             heartbeat_interval: cfg.heartbeat_interval_ms,
@@ -102,7 +122,6 @@ impl KeelRaft {
             ..Default::default()
         };
         let config = Arc::new(config.validate().map_err(fatal)?);
-        let log = LogStore::open(&cfg.log_path).map_err(fatal)?;
         let sm = StateMachine::new(applier);
         let network = NetworkFactory {
             append_timeout: Duration::from_millis(cfg.election_timeout_ms),

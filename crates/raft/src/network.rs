@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::io::Cursor;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use keel_api::keelpb::peer_client::PeerClient;
@@ -42,8 +43,25 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, tonic::Status> {
     bincode::deserialize(bytes).map_err(|e| tonic::Status::invalid_argument(format!("decode: {e}")))
 }
 
+/// Builds the channel to a peer URL in place of a TCP connection (see [`set_peer_dialer`]).
+pub type PeerDialer = fn(&str) -> Result<Channel, tonic::transport::Error>;
+
+static PEER_DIALER: OnceLock<PeerDialer> = OnceLock::new();
+
+/// Replaces how every member in this process dials its peers. Only the deterministic
+/// simulation calls it (its members talk over turmoil's simulated network); it can be set
+/// once per process, and a member process never sets it. Returns `false` if a different
+/// dialer was already set.
+pub fn set_peer_dialer(dialer: PeerDialer) -> bool {
+    let set = *PEER_DIALER.get_or_init(|| dialer);
+    std::ptr::fn_addr_eq(set, dialer)
+}
+
 /// Opens a lazily connecting gRPC channel to a peer URL such as `http://127.0.0.1:2380`.
 pub fn peer_channel(url: &str) -> Result<Channel, tonic::transport::Error> {
+    if let Some(dial) = PEER_DIALER.get() {
+        return dial(url);
+    }
     Ok(Endpoint::from_shared(url.to_string())?
         .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true)

@@ -11,11 +11,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::TryStreamExt;
+use futures::{Stream, TryStreamExt};
 use keel_api::keelpb::internal_request::Request as Command;
 use keel_api::keelpb::MemberAttributes;
-use keel_raft::{KeelRaft, Member, RaftConfig};
+use keel_raft::{KeelRaft, MemLog, MemLogDisk, Member, RaftConfig};
 use keel_storage::Store;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -30,6 +31,7 @@ use crate::grpc::kill_switch::KillSwitch;
 use crate::lease::Leases;
 use crate::propose::Proposer;
 use crate::server::{Limits, Server};
+use crate::transport::StreamListener;
 use crate::watch::{WatchConfig, WatchHub};
 
 /// How often everything applied so far is made durable (the Raft log covers the gap).
@@ -71,6 +73,30 @@ impl Listeners {
     }
 }
 
+/// What a member serves on.
+pub enum Served {
+    /// TCP listeners (the binary, cluster tests).
+    Tcp(Listeners),
+    /// Streams of connections from elsewhere (the simulation's turmoil network).
+    Streams {
+        client: Vec<StreamListener>,
+        peer: Vec<StreamListener>,
+    },
+}
+
+/// Where a member keeps its state.
+pub enum Storage {
+    /// redb files in the data directory (the binary, cluster tests).
+    DataDir,
+    /// Handed in by the deterministic simulation: a store over its own backend (whose
+    /// durable commits model the disk) and an in-memory Raft log on a simulated disk. No
+    /// file, thread or blocking task is used, and a failed sync stops only this member.
+    Simulated {
+        store: Arc<Store>,
+        log_disk: MemLogDisk,
+    },
+}
+
 async fn bind_all(urls: &str) -> Result<Vec<TcpListener>, StartError> {
     let mut out = Vec::new();
     for url in split_urls(urls) {
@@ -98,10 +124,21 @@ pub struct Node {
 impl Node {
     /// Opens storage and Raft, bootstraps or rejoins the cluster, and starts serving.
     pub async fn start(config: &Config, listeners: Listeners) -> Result<Node, StartError> {
+        Self::start_with(config, Served::Tcp(listeners), Storage::DataDir).await
+    }
+
+    /// [`Node::start`] with the transport and storage chosen by the caller.
+    pub async fn start_with(
+        config: &Config,
+        served: Served,
+        storage: Storage,
+    ) -> Result<Node, StartError> {
         config.validate()?;
         let member_dir = config.data_dir().join("member");
-        std::fs::create_dir_all(&member_dir)
-            .map_err(|e| StartError::DataDir(member_dir.clone(), e))?;
+        if matches!(storage, Storage::DataDir) {
+            std::fs::create_dir_all(&member_dir)
+                .map_err(|e| StartError::DataDir(member_dir.clone(), e))?;
+        }
 
         let founders = config.initial_members()?;
         let token = &config.initial_cluster_token;
@@ -120,7 +157,14 @@ impl Node {
             })?;
         let my_id = member_id(my_urls, token);
 
-        let store = Arc::new(Store::open_redb(member_dir.join("kv.redb"))?);
+        let (store, log_disk) = match storage {
+            Storage::DataDir => (
+                Arc::new(Store::open_redb(member_dir.join("kv.redb"))?),
+                None,
+            ),
+            Storage::Simulated { store, log_disk } => (store, Some(log_disk)),
+        };
+        let simulated = log_disk.is_some();
         let raft_config = RaftConfig {
             id: my_id,
             heartbeat_interval_ms: config.heartbeat_interval,
@@ -135,7 +179,12 @@ impl Node {
             watch_hub: watch_hub.clone(),
         });
         let applier = Arc::new(KvApplier::new(store.clone(), Some(observer)));
-        let raft = KeelRaft::start(&raft_config, applier).await?;
+        let raft = match &log_disk {
+            None => KeelRaft::start(&raft_config, applier).await?,
+            Some(disk) => {
+                KeelRaft::start_with_log(&raft_config, applier, MemLog::open(disk)).await?
+            }
+        };
         let server = Arc::new(Server {
             name: config.name.clone(),
             member_id: my_id,
@@ -156,13 +205,40 @@ impl Node {
         let (shutdown, _) = watch::channel(false);
         let connections = Arc::new(KillSwitch::default());
         let mut tasks = JoinSet::new();
-        let peer_addrs = serve_all(
-            &mut tasks,
-            listeners.peer,
-            grpc::peer_routes(&server),
-            &shutdown,
-            &connections,
-        );
+        let (client_listeners, peer_addrs) = match served {
+            Served::Tcp(listeners) => {
+                let peer = serve_all(
+                    &mut tasks,
+                    tcp_incoming(listeners.peer),
+                    grpc::peer_routes(&server),
+                    &shutdown,
+                    &connections,
+                );
+                (
+                    Served::Tcp(Listeners {
+                        client: listeners.client,
+                        peer: Vec::new(),
+                    }),
+                    peer,
+                )
+            }
+            Served::Streams { client, peer } => {
+                let peer = serve_all(
+                    &mut tasks,
+                    stream_incoming(peer),
+                    grpc::peer_routes(&server),
+                    &shutdown,
+                    &connections,
+                );
+                (
+                    Served::Streams {
+                        client,
+                        peer: Vec::new(),
+                    },
+                    peer,
+                )
+            }
+        };
         if config.initial_cluster_state == "new" {
             let members: BTreeMap<u64, Member> = founders
                 .iter()
@@ -178,15 +254,32 @@ impl Node {
                 .collect();
             raft.initialize(members).await?;
         }
-        let client_addrs = serve_all(
-            &mut tasks,
-            listeners.client,
-            grpc::client_routes(&server).await,
-            &shutdown,
-            &connections,
-        );
+        let client_routes = grpc::client_routes(&server).await;
+        let client_addrs = match client_listeners {
+            Served::Tcp(listeners) => serve_all(
+                &mut tasks,
+                tcp_incoming(listeners.client),
+                client_routes,
+                &shutdown,
+                &connections,
+            ),
+            Served::Streams { client, .. } => serve_all(
+                &mut tasks,
+                stream_incoming(client),
+                client_routes,
+                &shutdown,
+                &connections,
+            ),
+        };
         tasks.spawn(publish_attributes(server.clone(), shutdown.subscribe()));
-        tasks.spawn(maintain_store(server.store.clone(), shutdown.subscribe()));
+        if simulated {
+            tasks.spawn(maintain_simulated_store(
+                server.store.clone(),
+                shutdown.subscribe(),
+            ));
+        } else {
+            tasks.spawn(maintain_store(server.store.clone(), shutdown.subscribe()));
+        }
         let election_timeout = Duration::from_millis(config.election_timeout);
         tasks.spawn(leases.run(server.clone(), election_timeout, shutdown.subscribe()));
         tracing::info!(name = %config.name, member_id = %format!("{my_id:x}"), ?client_addrs, ?peer_addrs, "keel member started");
@@ -253,25 +346,46 @@ async fn release(server: Arc<Server>) {
     }
 }
 
-fn serve_all(
+/// Each TCP listener's address and its stream of accepted connections.
+fn tcp_incoming(listeners: Vec<TcpListener>) -> Vec<(Option<SocketAddr>, TcpListenerStream)> {
+    listeners
+        .into_iter()
+        .map(|l| (l.local_addr().ok(), TcpListenerStream::new(l)))
+        .collect()
+}
+
+fn stream_incoming(
+    listeners: Vec<StreamListener>,
+) -> Vec<(
+    Option<SocketAddr>,
+    futures::stream::BoxStream<'static, std::io::Result<crate::transport::StreamConn>>,
+)> {
+    listeners
+        .into_iter()
+        .map(|l| (Some(l.addr), l.incoming))
+        .collect()
+}
+
+fn serve_all<I, IO>(
     tasks: &mut JoinSet<()>,
-    listeners: Vec<TcpListener>,
+    listeners: Vec<(Option<SocketAddr>, I)>,
     routes: tonic::service::Routes,
     shutdown: &watch::Sender<bool>,
     connections: &Arc<KillSwitch>,
-) -> Vec<SocketAddr> {
+) -> Vec<SocketAddr>
+where
+    I: Stream<Item = std::io::Result<IO>> + Send + 'static,
+    IO: AsyncRead + AsyncWrite + tonic::transport::server::Connected + Unpin + Send + 'static,
+{
     let mut addrs = Vec::new();
-    for listener in listeners {
-        if let Ok(addr) = listener.local_addr() {
-            addrs.push(addr);
-        }
+    for (addr, incoming) in listeners {
+        addrs.extend(addr);
         let routes = routes.clone();
         let connections = connections.clone();
         let mut stop = shutdown.subscribe();
         tasks.spawn(async move {
             // etcdctl 3.4 sends URL-shaped :authority headers that h2 would reject.
-            let incoming = TcpListenerStream::new(listener)
-                .map_ok(move |conn| AuthorityFix::new(connections.wrap(conn)));
+            let incoming = incoming.map_ok(move |conn| AuthorityFix::new(connections.wrap(conn)));
             let result = tonic::transport::Server::builder()
                 .tcp_nodelay(true)
                 .add_routes(routes)
@@ -338,6 +452,28 @@ async fn publish_attributes(server: Arc<Server>, mut stop: watch::Receiver<bool>
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// [`maintain_store`] for a simulated member: the same periodic compaction and durable
+/// commit, inline (a simulated member may not use blocking threads), and a failed sync stops
+/// only this member's maintenance instead of the whole process (which runs every member).
+async fn maintain_simulated_store(store: Arc<Store>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(SYNC_INTERVAL);
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tick.tick() => {}
+        }
+        let result = (|| -> Result<(), keel_storage::StorageError> {
+            while !store.compact_step(COMPACT_STEP_KEYS)? {}
+            store.sync()
+        })();
+        if let Err(e) = result {
+            tracing::error!(error = %e, "simulated store maintenance failed; stopping it");
+            return;
+        }
     }
 }
 
