@@ -119,6 +119,13 @@ impl KeelRaft {
             // Replicate entries as soon as they are handed to the log store, so followers
             // persist in parallel with the leader instead of after its fsync.
             broadcast_submitted_on_append: Some(true),
+            // A restarted leader must win a new election before it leads again. openraft would
+            // otherwise restore it as leader at once, with its ReadIndex based on the committed
+            // index it last persisted; keel persists that without waiting (and commits apply
+            // batches without fsync), so the restored leader could hand out a read index below
+            // writes already acknowledged: a stale linearizable read. Found by the simulation
+            // (seed 1 of the `mixed` scenario, crates/sim/tests/sim).
+            enable_leader_restore: Some(false),
             ..Default::default()
         };
         let config = Arc::new(config.validate().map_err(fatal)?);

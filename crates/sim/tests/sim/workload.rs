@@ -51,6 +51,8 @@ struct Client {
     out: Recorded,
     op_timeout: Duration,
     writes: u64,
+    /// The member the last request went to (for the trace).
+    last_member: usize,
 }
 
 /// Client software: a random mix of operations against random members.
@@ -67,6 +69,7 @@ pub async fn run_client(id: u64, seed: u64, spec: WorkloadSpec, out: Recorded) -
         out,
         op_timeout: spec.op_timeout,
         writes: 0,
+        last_member: 0,
     };
     while turmoil::sim_elapsed().unwrap_or_default() < spec.work_end {
         client.one_op().await;
@@ -98,6 +101,13 @@ impl Client {
     }
 
     fn record(&self, op: Op) {
+        if std::env::var_os("KEEL_SIM_TRACE").is_some() {
+            eprintln!(
+                "op #{} member n{}: {op:?}",
+                self.out.borrow().len(),
+                self.last_member + 1
+            );
+        }
         self.out.borrow_mut().push(op);
     }
 
@@ -108,6 +118,7 @@ impl Client {
             value: value.clone(),
             ..Default::default()
         };
+        self.last_member = member;
         let mut kv = self.kvs[member].clone();
         let call = now_ns();
         let res = tokio::time::timeout(self.op_timeout, kv.put(req)).await;
@@ -128,6 +139,7 @@ impl Client {
             key: KEYS[k].to_vec(),
             ..Default::default()
         };
+        self.last_member = member;
         let mut kv = self.kvs[member].clone();
         let call = now_ns();
         let Ok(Ok(resp)) = tokio::time::timeout(self.op_timeout, kv.range(req)).await else {
@@ -172,6 +184,7 @@ impl Client {
             }],
             failure: vec![],
         };
+        self.last_member = member;
         let mut kv = self.kvs[member].clone();
         let call = now_ns();
         let res = tokio::time::timeout(self.op_timeout, kv.txn(req)).await;
@@ -207,6 +220,7 @@ impl Client {
             key: KEYS[k].to_vec(),
             ..Default::default()
         };
+        self.last_member = member;
         let mut kv = self.kvs[member].clone();
         let call = now_ns();
         let res = tokio::time::timeout(self.op_timeout, kv.delete_range(req)).await;
