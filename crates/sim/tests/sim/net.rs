@@ -13,17 +13,25 @@ use tonic::transport::{Channel, Endpoint, Uri};
 pub const CLIENT_PORT: u16 = 2379;
 pub const PEER_PORT: u16 = 2380;
 
-/// A lazily connecting channel to `http://ip:port` over the simulated network. Installed as
-/// keel's peer dialer (`keel_raft::set_peer_dialer`) and used by the simulated clients.
+/// Connects a keel peer endpoint (built by keel with its timeouts and keepalive) over the
+/// simulated network; installed with `keel_raft::set_peer_dialer`.
+pub fn dial_peer(endpoint: Endpoint) -> Channel {
+    endpoint.connect_with_connector_lazy(tower::service_fn(|uri: Uri| async move {
+        let addr = uri_addr(&uri)?;
+        let stream = turmoil::net::TcpStream::connect(addr).await?;
+        Ok::<_, io::Error>(TokioIo::new(stream))
+    }))
+}
+
+/// A simulated client's channel to `http://ip:port`, with keepalive like etcd's clients, so a
+/// connection whose packets a partition dropped is replaced instead of stalling forever.
 pub fn dial(url: &str) -> Result<Channel, tonic::transport::Error> {
-    let endpoint = Endpoint::from_shared(url.to_string())?.connect_timeout(Duration::from_secs(1));
-    Ok(
-        endpoint.connect_with_connector_lazy(tower::service_fn(|uri: Uri| async move {
-            let addr = uri_addr(&uri)?;
-            let stream = turmoil::net::TcpStream::connect(addr).await?;
-            Ok::<_, io::Error>(TokioIo::new(stream))
-        })),
-    )
+    let endpoint = Endpoint::from_shared(url.to_string())?
+        .connect_timeout(Duration::from_secs(1))
+        .http2_keep_alive_interval(Duration::from_secs(1))
+        .keep_alive_timeout(Duration::from_secs(2))
+        .keep_alive_while_idle(true);
+    Ok(dial_peer(endpoint))
 }
 
 fn uri_addr(uri: &Uri) -> io::Result<SocketAddr> {

@@ -65,7 +65,7 @@ fn member_ip(i: usize) -> IpAddr {
 pub fn run(seed: u64, scenario: &Scenario) -> Outcome {
     keel_raft::seed_thread_rng(Some(seed));
     assert!(
-        keel_raft::set_peer_dialer(crate::net::dial),
+        keel_raft::set_peer_dialer(crate::net::dial_peer),
         "another peer dialer is installed"
     );
     keel_server::planted::set_stale_reads(scenario.stale_reads);
