@@ -27,7 +27,7 @@ use run::{run, Outcome, Scenario};
 const MIXED: Scenario = Scenario {
     name: "mixed",
     faults: &ALL_FAULTS,
-    work: Duration::from_secs(15),
+    work: Duration::from_secs(12),
     fsync_delay: Duration::from_millis(5),
     ack_before_fsync: false,
     stale_reads: false,
@@ -38,7 +38,7 @@ const MIXED: Scenario = Scenario {
 const POWER_LOSS: Scenario = Scenario {
     name: "power-loss",
     faults: &[FaultKind::PowerLoss, FaultKind::CrashMember],
-    work: Duration::from_secs(12),
+    work: Duration::from_secs(10),
     fsync_delay: Duration::from_millis(20),
     ack_before_fsync: false,
     stale_reads: false,
@@ -54,7 +54,7 @@ const PARTITIONS: Scenario = Scenario {
         FaultKind::Bridge,
         FaultKind::Delay,
     ],
-    work: Duration::from_secs(12),
+    work: Duration::from_secs(10),
     fsync_delay: Duration::from_millis(5),
     ack_before_fsync: false,
     stale_reads: false,
@@ -75,6 +75,13 @@ fn scenario(name: &str) -> Scenario {
     let base = planted.or(stale).unwrap_or(name);
     let mut s = match base {
         "mixed" => MIXED,
+        // Short enough to finish well within h2's 30 s (wall clock) reset-stream expiry even on
+        // a loaded machine; see `a_seed_replays_exactly`.
+        "mixed-short" => Scenario {
+            name: "mixed-short",
+            work: Duration::from_secs(6),
+            ..MIXED
+        },
         "power-loss" => POWER_LOSS,
         "partitions" => PARTITIONS,
         other => panic!(
@@ -252,10 +259,14 @@ fn ci_seeds_power_loss_and_partitions_real_code() {
     }
 }
 
+/// Two runs of one seed, each in a fresh process, must be identical. The one source of
+/// nondeterminism left is wall-clock time inside h2 (its reset-stream expiry uses
+/// `std::time::Instant`, 30 s): a run that takes longer than that in real time (a heavily loaded
+/// machine) can diverge, so this check uses a short run.
 #[test]
 fn a_seed_replays_exactly() {
-    let a = isolated(7, "mixed");
-    let b = isolated(7, "mixed");
+    let a = isolated(7, "mixed-short");
+    let b = isolated(7, "mixed-short");
     expect_pass(&a);
     assert!(a.faults > 0, "the run injected faults");
     assert_eq!(
@@ -264,7 +275,7 @@ fn a_seed_replays_exactly() {
         "two runs of one seed differ (digest covers the history with times and results, \
          the fault log and every member's final applied index, revision and HashKV)"
     );
-    let other = isolated(8, "mixed");
+    let other = isolated(8, "mixed-short");
     assert_ne!(a.digest, other.digest, "another seed gives another run");
 }
 
