@@ -71,7 +71,7 @@ impl Nemesis {
         work_end: Duration,
         base_latency: Duration,
     ) -> Self {
-        let mut rng = SimRng::new(seed ^ 0x6e65_6d65_7369_73);
+        let mut rng = SimRng::new(seed ^ 0x006e_656d_6573_6973);
         let first = rng.millis(1_000, 2_000);
         Self {
             rng,
