@@ -16,6 +16,7 @@ mod nemesis;
 mod net;
 mod rng;
 mod run;
+mod watcher;
 mod workload;
 
 use std::time::Duration;
@@ -96,11 +97,12 @@ fn scenario(name: &str) -> Scenario {
 
 fn summary(o: &Outcome) -> String {
     format!(
-        "seed {} scenario {}: {} ops, {} faults, digest {:016x}, {}",
+        "seed {} scenario {}: {} ops, {} faults, {} watch events, digest {:016x}, {}",
         o.seed,
         o.scenario,
         o.history.ops.len(),
         o.faults_injected,
+        o.watch_events,
         o.digest,
         match &o.verdict {
             Ok(()) => "linearizable, members agree".to_string(),
@@ -137,11 +139,12 @@ fn child_run() {
         eprintln!("{}", failure_report(&o));
     }
     println!(
-        "KEEL_SIM_OUTCOME ok={} digest={:016x} ops={} faults={}",
+        "KEEL_SIM_OUTCOME ok={} digest={:016x} ops={} faults={} watch_events={}",
         o.verdict.is_ok(),
         o.digest,
         o.history.ops.len(),
-        o.faults_injected
+        o.faults_injected,
+        o.watch_events
     );
 }
 
@@ -317,10 +320,11 @@ fn planted_stale_follower_reads_are_caught() {
 #[test]
 #[ignore = "replay: set KEEL_SIM_SEED (and KEEL_SIM_SCENARIO)"]
 fn replay() {
-    let seed: u64 = std::env::var("KEEL_SIM_SEED")
-        .expect("set KEEL_SIM_SEED")
-        .parse()
-        .expect("KEEL_SIM_SEED is a number");
+    let Ok(seed) = std::env::var("KEEL_SIM_SEED") else {
+        eprintln!("replay: set KEEL_SIM_SEED (and KEEL_SIM_SCENARIO); nothing to replay");
+        return;
+    };
+    let seed: u64 = seed.parse().expect("KEEL_SIM_SEED is a number");
     let name = std::env::var("KEEL_SIM_SCENARIO").unwrap_or_else(|_| "mixed".into());
     let o = run(seed, &scenario(&name));
     eprintln!("faults:\n{}", o.fault_log.join("\n"));
@@ -331,15 +335,16 @@ fn replay() {
     }
 }
 
-/// Runs `KEEL_SIM_SEEDS=N` random seeds (default 20) of `KEEL_SIM_SCENARIO` (default mixed),
+/// Runs `KEEL_SIM_SEEDS=N` random seeds of `KEEL_SIM_SCENARIO` (default mixed),
 /// each in its own process, and stops at the first failure.
 #[test]
 #[ignore = "soak: KEEL_SIM_SEEDS=N (release build recommended)"]
 fn soak() {
-    let n: u64 = std::env::var("KEEL_SIM_SEEDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
+    let Ok(n) = std::env::var("KEEL_SIM_SEEDS") else {
+        eprintln!("soak: set KEEL_SIM_SEEDS=N to run N random seeds");
+        return;
+    };
+    let n: u64 = n.parse().expect("KEEL_SIM_SEEDS is a number");
     let name = std::env::var("KEEL_SIM_SCENARIO").unwrap_or_else(|_| "mixed".into());
     // The soak's own seeds come from the wall clock; each run is still replayable by its seed.
     let base = std::time::SystemTime::now()

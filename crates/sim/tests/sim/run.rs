@@ -9,9 +9,14 @@ use std::time::Duration;
 use keel_raft::MemLogOptions;
 use keel_sim::history::History;
 use keel_sim::linearizability::{check, CheckOptions, Verdict};
+use keel_sim::watch::{
+    validate_watch, EventKind as WatchKind, WatchEvent, WatchResponse, WatchSpec,
+};
+use keel_storage::EventKind;
 
 use crate::member::{run_member, MemberDisks, MemberSpec, ServerSlot};
 use crate::nemesis::{FaultKind, Nemesis};
+use crate::watcher::{run_watcher, Streams, RANGE};
 use crate::workload::{run_client, Recorded, WorkloadSpec};
 
 const MEMBERS: usize = 3;
@@ -45,6 +50,8 @@ pub struct Outcome {
     /// Digest of everything observable: history with results, fault log, final member state.
     pub digest: u64,
     pub final_state: Vec<String>,
+    /// Events the watcher received (all streams).
+    pub watch_events: usize,
 }
 
 impl Outcome {
@@ -128,6 +135,9 @@ pub fn run(seed: u64, scenario: &Scenario) -> Outcome {
         );
     }
 
+    let streams: Streams = Rc::default();
+    sim.client("w1", run_watcher(spec.clone(), streams.clone()));
+
     let mut nemesis = Nemesis::new(
         seed,
         scenario.faults,
@@ -148,10 +158,15 @@ pub fn run(seed: u64, scenario: &Scenario) -> Outcome {
     if verdict.is_ok() {
         verdict = check_history(&history);
     }
+    let mut watch_events = 0;
+    if verdict.is_ok() {
+        verdict = check_watches(&slots, &streams.borrow()).map(|n| watch_events = n);
+    }
     let mut h = DefaultHasher::new();
     format!("{:?}", history.ops).hash(&mut h);
     nemesis.log.hash(&mut h);
     final_state.hash(&mut h);
+    format!("{:?}", streams.borrow()).hash(&mut h);
     keel_server::planted::set_stale_reads(false);
     keel_raft::seed_thread_rng(None);
     Outcome {
@@ -163,6 +178,7 @@ pub fn run(seed: u64, scenario: &Scenario) -> Outcome {
         fault_log: nemesis.log,
         digest: h.finish(),
         final_state,
+        watch_events,
     }
 }
 
@@ -251,4 +267,53 @@ fn check_history(history: &History) -> Result<(), String> {
             String::from_utf8_lossy(&key)
         )),
     }
+}
+
+/// Every committed write in the watched range, read back from a member after the run.
+fn committed_events(slots: &[ServerSlot]) -> Result<Vec<WatchEvent>, String> {
+    let slot = slots[0].borrow();
+    let server = slot.as_ref().ok_or("n1 is not running")?;
+    let view = server.store.read().map_err(|e| e.to_string())?;
+    let events = view
+        .events(1, view.current_revision(), usize::MAX)
+        .map_err(|e| e.to_string())?;
+    Ok(events
+        .into_iter()
+        .filter(|e| e.kv.key.as_slice() >= RANGE.0 && e.kv.key.as_slice() < RANGE.1)
+        .map(|e| {
+            let delete = e.kind == EventKind::Delete;
+            WatchEvent {
+                kind: if delete {
+                    WatchKind::Delete
+                } else {
+                    WatchKind::Put
+                },
+                value: if delete { Vec::new() } else { e.kv.value },
+                key: e.kv.key,
+                revision: e.kv.mod_revision,
+            }
+        })
+        .collect())
+}
+
+/// Judges every watch stream against the committed history; returns the events delivered.
+fn check_watches(
+    slots: &[ServerSlot],
+    streams: &[(WatchSpec, Vec<WatchResponse>)],
+) -> Result<usize, String> {
+    let committed = committed_events(slots)?;
+    let mut delivered = 0;
+    for (i, (spec, responses)) in streams.iter().enumerate() {
+        if responses.is_empty() {
+            continue;
+        }
+        let report = validate_watch(&committed, spec, responses).map_err(|v| {
+            format!(
+                "watch stream {i} (from revision {}): {v:?}",
+                spec.start_revision
+            )
+        })?;
+        delivered += report.events_delivered;
+    }
+    Ok(delivered)
 }
