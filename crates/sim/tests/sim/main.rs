@@ -301,6 +301,8 @@ fn planted_ack_before_fsync_is_caught() {
         caught.seed,
         caught.replay()
     );
+    // The same seed without the bug passes: the failure is the bug's, not the seed's.
+    expect_pass(&isolated(caught.seed, "power-loss"));
 }
 
 /// Planted bug (b): linearizable reads served from local state without the read barrier.
@@ -313,6 +315,7 @@ fn planted_stale_follower_reads_are_caught() {
         caught.seed,
         caught.replay()
     );
+    expect_pass(&isolated(caught.seed, "partitions"));
 }
 
 /// Replays one run in this process: `KEEL_SIM_SEED=S [KEEL_SIM_SCENARIO=name]`
