@@ -1,5 +1,5 @@
-//! keel's Raft layer: openraft wired to a redb log, a gRPC peer transport and the server's
-//! apply layer.
+//! keel's Raft layer: openraft wired to a segmented write-ahead log, a gRPC peer transport and
+//! the server's apply layer.
 //!
 //! Owns: every use of openraft in the workspace. The rest of keel sees only [`KeelRaft`],
 //! [`Applier`], [`Member`], [`RaftStatus`] and [`RaftError`]; no openraft type crosses this
@@ -37,7 +37,7 @@ pub struct RaftConfig {
     pub id: NodeId,
     pub heartbeat_interval_ms: u64,
     pub election_timeout_ms: u64,
-    /// The redb file holding the Raft log.
+    /// The directory holding the Raft log (segment files of the write-ahead log).
     pub log_path: PathBuf,
     /// Take a snapshot (and purge the log behind it) after this many applied entries.
     pub snapshot_every_entries: u64,

@@ -138,6 +138,16 @@ impl Node {
         if matches!(storage, Storage::DataDir) {
             std::fs::create_dir_all(&member_dir)
                 .map_err(|e| StartError::DataDir(member_dir.clone(), e))?;
+            let old_log = member_dir.join("raft.redb");
+            if old_log.exists() {
+                // Before the write-ahead log, the Raft log was a redb file; there is no converter.
+                return Err(StartError::DataDir(
+                    old_log,
+                    std::io::Error::other(
+                        "Raft log of an older keel format; start from a new data dir",
+                    ),
+                ));
+            }
         }
 
         let founders = config.initial_members()?;
@@ -169,7 +179,7 @@ impl Node {
             id: my_id,
             heartbeat_interval_ms: config.heartbeat_interval,
             election_timeout_ms: config.election_timeout,
-            log_path: member_dir.join("raft.redb"),
+            log_path: member_dir.join("wal"),
             snapshot_every_entries: config.snapshot_count,
         };
         let leases = Arc::new(Leases::default());
@@ -347,10 +357,27 @@ async fn release(server: Arc<Server>) {
 }
 
 /// Each TCP listener's address and its stream of accepted connections.
-fn tcp_incoming(listeners: Vec<TcpListener>) -> Vec<(Option<SocketAddr>, TcpListenerStream)> {
+fn tcp_incoming(
+    listeners: Vec<TcpListener>,
+) -> Vec<(
+    Option<SocketAddr>,
+    futures::stream::BoxStream<'static, std::io::Result<tokio::net::TcpStream>>,
+)> {
     listeners
         .into_iter()
-        .map(|l| (l.local_addr().ok(), TcpListenerStream::new(l)))
+        .map(|l| {
+            let addr = l.local_addr().ok();
+            // tonic's own `tcp_nodelay` applies only to listeners it binds itself: without
+            // TCP_NODELAY here, a response written in two segments waits for the peer's
+            // delayed ACK (~40 ms) under Nagle's algorithm.
+            let incoming = TcpListenerStream::new(l).map_ok(|conn| {
+                if let Err(e) = conn.set_nodelay(true) {
+                    tracing::debug!(error = %e, "TCP_NODELAY not set");
+                }
+                conn
+            });
+            (addr, futures::StreamExt::boxed(incoming))
+        })
         .collect()
 }
 
@@ -387,7 +414,6 @@ where
             // etcdctl 3.4 sends URL-shaped :authority headers that h2 would reject.
             let incoming = incoming.map_ok(move |conn| AuthorityFix::new(connections.wrap(conn)));
             let result = tonic::transport::Server::builder()
-                .tcp_nodelay(true)
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stop.wait_for(|s| *s).await;

@@ -24,10 +24,8 @@ use keel_api::etcdserverpb::kv_client::KvClient;
 use keel_api::etcdserverpb::watch_client::WatchClient;
 use keel_api::etcdserverpb::watch_request::RequestUnion;
 use keel_api::etcdserverpb::{
-    HashKvRequest, RangeRequest, TxnRequest, WatchCreateRequest, WatchRequest,
-    WatchResponse as PbWatchResponse,
+    RangeRequest, TxnRequest, WatchCreateRequest, WatchRequest, WatchResponse as PbWatchResponse,
 };
-use keel_api::mvccpb::event::EventType;
 use keel_sim::history::{CasExpect, CasOk, History, Op};
 use keel_sim::linearizability::{self, CheckOptions, Verdict};
 use keel_sim::watch::{validate_watch, WatchEvent, WatchResponse, WatchSpec, WatchViolation};
@@ -352,28 +350,6 @@ fn prefix_watch(start_revision: i64) -> WatchCreateRequest {
     }
 }
 
-fn to_sim(r: &PbWatchResponse) -> WatchResponse {
-    let events = r
-        .events
-        .iter()
-        .map(|e| {
-            let kv = e.kv.clone().unwrap_or_default();
-            match EventType::try_from(e.r#type) {
-                Ok(EventType::Delete) => WatchEvent::delete(&kv.key, kv.mod_revision),
-                _ => WatchEvent::put(&kv.key, &kv.value, kv.mod_revision),
-            }
-        })
-        .collect();
-    WatchResponse {
-        header_revision: r.header.as_ref().map_or(0, |h| h.revision),
-        created: r.created,
-        canceled: r.canceled,
-        compact_revision: r.compact_revision,
-        fragment: r.fragment,
-        events,
-    }
-}
-
 /// A watch stream on `url` from `start_revision`, with its `created` response.
 async fn open_watch(
     url: &str,
@@ -594,31 +570,6 @@ fn check_store_against_clients(history: &History, committed: &[WatchEvent], fina
         let what = (e.key.as_slice(), e.value.as_slice());
         assert!(sent.contains(&what), "stored {e:?}, which no client sent");
     }
-}
-
-/// Waits until every member serves `HashKV` at `revision` (it has applied that far), then
-/// asserts they all agree.
-async fn assert_hash_kv_agrees(cluster: &TestCluster, revision: i64) {
-    let mut hashes = Vec::new();
-    for i in 0..cluster.len() {
-        let mut maintenance = cluster.maintenance(i);
-        let what = format!("m{i} to serve HashKV at revision {revision}");
-        let hash = eventually(&what, SETTLE_WAIT, async || {
-            let req = HashKvRequest { revision };
-            match maintenance.hash_kv(req).await {
-                Ok(resp) => Ok(resp.into_inner()),
-                Err(s) => Err(format!("{:?}: {}", s.code(), s.message())),
-            }
-        })
-        .await;
-        let header_revision = hash.header.as_ref().map_or(0, |h| h.revision);
-        tracing::info!(member = i, hash = hash.hash, header_revision, "HashKV");
-        hashes.push((hash.hash, hash.compact_revision, header_revision));
-    }
-    assert!(
-        hashes.windows(2).all(|w| w[0] == w[1]),
-        "members disagree on HashKV at revision {revision}: {hashes:?}"
-    );
 }
 
 /// A linearizable read of every key through whichever member answers, recorded into the

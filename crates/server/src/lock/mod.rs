@@ -184,19 +184,18 @@ pub async fn first_waiter(
 /// Waits until no key under `prefix` has a create revision below `my_revision`: each round
 /// waits for the deletion of the newest older waiter (etcd's `waitDeletes`).
 ///
-/// Reads are local, without a ReadIndex round: once this member has applied `my_revision`,
-/// every older waiter's key is in its store, and a key that is gone locally is gone for good
-/// (a key created again gets a newer create revision). A stale local view can only make us
-/// wait longer, never acquire early. So a handover costs one apply, not a quorum round.
+/// Reads are local, without a ReadIndex round: once this member has applied `my_revision`
+/// (committed: the txn that created our key answered with it), every older waiter's key is
+/// in its store, and a key that is gone locally is gone for good (a key created again gets a
+/// newer create revision). A stale local view can only make us wait longer, never acquire
+/// early. So a handover costs one apply, not a quorum round.
 pub async fn wait_for_predecessors(
     server: &Server,
     hub: &Arc<WatchHub>,
     prefix: &[u8],
     my_revision: i64,
 ) -> Result<(), EtcdError> {
-    if server.current_revision() < my_revision {
-        server.proposer.read_barrier().await?;
-    }
+    hub.wait_published(my_revision).await?;
     let newest_older = RangeRequest {
         key: prefix.to_vec(),
         range_end: prefix_end(prefix),

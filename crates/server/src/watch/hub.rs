@@ -27,6 +27,8 @@ pub struct WatchHub {
     state: Mutex<HubState>,
     /// Set once by [`WatchHub::shutdown`]; every stream ends when it flips.
     closed: tokio::sync::watch::Sender<bool>,
+    /// The last published revision, for [`WatchHub::wait_published`].
+    published: tokio::sync::watch::Sender<i64>,
 }
 
 /// Counts for tests and metrics.
@@ -138,6 +140,7 @@ impl WatchHub {
                 progress_waiting: HashSet::new(),
             }),
             closed: tokio::sync::watch::Sender::new(false),
+            published: tokio::sync::watch::Sender::new(last_published),
         }))
     }
 
@@ -160,6 +163,19 @@ impl WatchHub {
             state.publish_revision(*revision, events);
         }
         state.answer_waiting_progress();
+        self.published.send_replace(state.last_published);
+    }
+
+    /// Waits until this member has applied and published `revision` (or the hub shuts down,
+    /// which is an error: the member is stopping).
+    pub async fn wait_published(&self, revision: i64) -> Result<(), EtcdError> {
+        let mut published = self.published.subscribe();
+        let mut closed = self.closed.subscribe();
+        tokio::select! {
+            biased;
+            _ = closed.wait_for(|c| *c) => Err(EtcdError::Stopped),
+            r = published.wait_for(|p| *p >= revision) => r.map(|_| ()).map_err(|_| EtcdError::Stopped),
+        }
     }
 
     /// Called after the store was replaced by a snapshot whose current revision is
@@ -177,6 +193,7 @@ impl WatchHub {
             );
         }
         state.last_published = state.last_published.max(current_revision);
+        self.published.send_replace(state.last_published);
     }
 
     /// Ends every stream (the member is stopping): each gRPC stream finishes with etcd's

@@ -635,3 +635,40 @@ fn fragment_and_prev_kv_flags_reach_the_message() {
         })
     ));
 }
+
+#[tokio::test]
+async fn wait_published_returns_once_the_revision_is_published_and_fails_on_shutdown() {
+    let f = Fixture::new(config());
+    let first = f.put("a", "1");
+    // Already published: no wait.
+    tokio::time::timeout(Duration::from_secs(5), f.hub.wait_published(first))
+        .await
+        .expect("no wait for a published revision")
+        .expect("published");
+    let hub = f.hub.clone();
+    let waiter = tokio::spawn(async move { hub.wait_published(first + 1).await });
+    // Committed but not yet published: still waiting.
+    let (revision, events) = f.commit(|t| {
+        t.put(b"b", b"2", 0).expect("put");
+    });
+    tokio::task::yield_now().await;
+    assert!(
+        !waiter.is_finished(),
+        "returned before the revision was published"
+    );
+    f.hub.publish(&[(revision, events)]);
+    tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("woken by publish")
+        .expect("task")
+        .expect("published");
+    let hub = f.hub.clone();
+    let stuck = tokio::spawn(async move { hub.wait_published(revision + 100).await });
+    f.hub.shutdown();
+    let err = tokio::time::timeout(Duration::from_secs(5), stuck)
+        .await
+        .expect("woken by shutdown")
+        .expect("task")
+        .expect_err("a stopping member cannot wait");
+    assert_eq!(err, keel_api::error::EtcdError::Stopped);
+}

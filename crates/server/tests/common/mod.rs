@@ -607,3 +607,53 @@ has_header!(
     keel_api::etcdserverpb::TxnResponse,
     keel_api::etcdserverpb::CompactionResponse
 );
+
+/// keel-sim's view of one watch response, for its watch validator.
+pub fn to_sim(r: &keel_api::etcdserverpb::WatchResponse) -> keel_sim::watch::WatchResponse {
+    let events = r
+        .events
+        .iter()
+        .map(|e| {
+            let kv = e.kv.clone().unwrap_or_default();
+            match keel_api::mvccpb::event::EventType::try_from(e.r#type) {
+                Ok(keel_api::mvccpb::event::EventType::Delete) => {
+                    keel_sim::watch::WatchEvent::delete(&kv.key, kv.mod_revision)
+                }
+                _ => keel_sim::watch::WatchEvent::put(&kv.key, &kv.value, kv.mod_revision),
+            }
+        })
+        .collect();
+    keel_sim::watch::WatchResponse {
+        header_revision: r.header.as_ref().map_or(0, |h| h.revision),
+        created: r.created,
+        canceled: r.canceled,
+        compact_revision: r.compact_revision,
+        fragment: r.fragment,
+        events,
+    }
+}
+
+/// Waits until every member serves `HashKV` at `revision` (it has applied that far), then
+/// asserts they all agree.
+pub async fn assert_hash_kv_agrees(cluster: &TestCluster, revision: i64) {
+    let mut hashes = Vec::new();
+    for i in 0..cluster.len() {
+        let mut maintenance = cluster.maintenance(i);
+        let what = format!("m{i} to serve HashKV at revision {revision}");
+        let hash = eventually(&what, SETTLE_WAIT, async || {
+            let req = keel_api::etcdserverpb::HashKvRequest { revision };
+            match maintenance.hash_kv(req).await {
+                Ok(resp) => Ok(resp.into_inner()),
+                Err(s) => Err(format!("{:?}: {}", s.code(), s.message())),
+            }
+        })
+        .await;
+        let header_revision = hash.header.as_ref().map_or(0, |h| h.revision);
+        tracing::info!(member = i, hash = hash.hash, header_revision, "HashKV");
+        hashes.push((hash.hash, hash.compact_revision, header_revision));
+    }
+    assert!(
+        hashes.windows(2).all(|w| w[0] == w[1]),
+        "members disagree on HashKV at revision {revision}: {hashes:?}"
+    );
+}
