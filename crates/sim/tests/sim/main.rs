@@ -62,9 +62,20 @@ const PARTITIONS: Scenario = Scenario {
     snapshot_count: 100_000,
 };
 
+/// The leader crashes and comes back quickly, again and again.
+const LEADER_RESTART: Scenario = Scenario {
+    name: "leader-restart",
+    faults: &[FaultKind::CrashLeader],
+    work: Duration::from_secs(10),
+    fsync_delay: Duration::from_millis(5),
+    ack_before_fsync: false,
+    stale_reads: false,
+    snapshot_count: 100_000,
+};
+
 /// The fixed CI seed set (issue 4 item 6). A seed that once failed stays here as a regression
-/// test: `mixed` seed 1 caught a restarted leader serving stale read indexes (openraft's
-/// leader restore; fixed in keel-raft).
+/// test where it still reproduces (`mixed` seed 1 caught a restarted leader serving stale read
+/// indexes before the harness changed; `leader-restart` now guards that fix).
 const CI_SEEDS_MIXED: [u64; 3] = [1, 2, 3];
 const CI_SEEDS_FOCUSED: [u64; 2] = [1, 2];
 /// Seeds the planted bugs are hunted with; each bug must be caught by at least one.
@@ -85,6 +96,7 @@ fn scenario(name: &str) -> Scenario {
         },
         "power-loss" => POWER_LOSS,
         "partitions" => PARTITIONS,
+        "leader-restart" => LEADER_RESTART,
         other => panic!(
             "unknown scenario {other:?} (mixed, power-loss, partitions; \
              suffix +ack-before-fsync or +stale-reads)"
@@ -251,6 +263,15 @@ fn expect_pass(r: &Isolated) {
 fn ci_seeds_mixed_faults_real_code() {
     for seed in CI_SEEDS_MIXED {
         expect_pass(&isolated(seed, "mixed"));
+    }
+}
+
+/// Regression guard for the restarted leader that served stale read indexes (openraft's
+/// leader restore): with `enable_leader_restore` back on, seeds 1-4 of this scenario all fail.
+#[test]
+fn ci_seeds_leader_restart_real_code() {
+    for seed in CI_SEEDS_FOCUSED {
+        expect_pass(&isolated(seed, "leader-restart"));
     }
 }
 

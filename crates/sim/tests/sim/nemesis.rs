@@ -19,6 +19,8 @@ pub enum FaultKind {
     Bridge,
     /// Crash one member (its unsynced log tail and store commits are lost); restart on heal.
     CrashMember,
+    /// Crash the leader and restart it quickly (often before the others elect a new leader).
+    CrashLeader,
     /// Crash every member at once (power loss); restart all on heal.
     PowerLoss,
     /// Hold one member's links (messages queue up), then release them all at once.
@@ -29,11 +31,12 @@ pub enum FaultKind {
     Lossy,
 }
 
-pub const ALL_FAULTS: [FaultKind; 8] = [
+pub const ALL_FAULTS: [FaultKind; 9] = [
     FaultKind::IsolateLeader,
     FaultKind::IsolateMember,
     FaultKind::Bridge,
     FaultKind::CrashMember,
+    FaultKind::CrashLeader,
     FaultKind::PowerLoss,
     FaultKind::Delay,
     FaultKind::SlowNetwork,
@@ -103,7 +106,13 @@ impl Nemesis {
         } else {
             let kind = self.kinds[self.rng.below(self.kinds.len() as u64) as usize];
             self.start(sim, kind, now);
-            self.next_at = now + self.rng.millis(500, 3_000);
+            self.next_at = now
+                + if kind == FaultKind::CrashLeader {
+                    // Back before the others' election timeout (500..1000 ms) runs out.
+                    self.rng.millis(50, 400)
+                } else {
+                    self.rng.millis(500, 3_000)
+                };
         }
     }
 
@@ -145,11 +154,11 @@ impl Nemesis {
                 sim.partition(pair.0.as_str(), pair.1.as_str());
                 Active::Cut(vec![pair])
             }
-            FaultKind::CrashMember | FaultKind::PowerLoss => {
-                let victims: Vec<usize> = if kind == FaultKind::PowerLoss {
-                    (0..self.names.len()).collect()
-                } else {
-                    vec![self.rng.below(n) as usize]
+            FaultKind::CrashMember | FaultKind::CrashLeader | FaultKind::PowerLoss => {
+                let victims: Vec<usize> = match kind {
+                    FaultKind::PowerLoss => (0..self.names.len()).collect(),
+                    FaultKind::CrashLeader => vec![self.leader()],
+                    _ => vec![self.rng.below(n) as usize],
                 };
                 for &i in &victims {
                     sim.crash(self.names[i].as_str());
