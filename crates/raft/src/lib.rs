@@ -123,8 +123,11 @@ impl KeelRaft {
             // otherwise restore it as leader at once, with its ReadIndex based on the committed
             // index it last persisted; keel persists that without waiting (and commits apply
             // batches without fsync), so the restored leader could hand out a read index below
-            // writes already acknowledged: a stale linearizable read. Found by the simulation
-            // (seed 1 of the `mixed` scenario, crates/sim/tests/sim).
+            // writes already acknowledged: a stale linearizable read. Worse, entries reach the
+            // followers before the leader's own fsync, so a crash can cost the leader a tail
+            // they hold; restored in the same term it would write other entries under the same
+            // (term, index), and the replicas diverge. Both found by the simulation
+            // (crates/sim/tests/sim, `mixed` seed 1 and the `leader-restart` scenario).
             enable_leader_restore: Some(false),
             ..Default::default()
         };
