@@ -6,6 +6,7 @@
 //! crate's boundary, so upgrading the pinned alpha touches only this crate.
 //! Must never: interpret application payloads.
 
+pub mod failpoints;
 mod log_store;
 mod mem_log;
 mod network;
@@ -284,6 +285,24 @@ impl KeelRaft {
             committed_index: m.cluster_committed.map_or(0, |l| l.index()),
             applied_index: m.last_applied.map_or(0, |l| l.index()),
             members,
+        }
+    }
+
+    /// Waits until Raft stops. `Some(reason)` when it stopped on its own because of a fatal
+    /// error (a storage failure in the log or the state machine, a panic): the member must
+    /// then stop too, never carry on. `None` after an orderly [`KeelRaft::shutdown`].
+    pub async fn stopped(&self) -> Option<String> {
+        let mut metrics = self.raft.metrics();
+        loop {
+            match &metrics.borrow_watched().running_state {
+                Ok(()) => {}
+                Err(openraft::errors::Fatal::Stopped) => return None,
+                Err(e) => return Some(e.to_string()),
+            }
+            // Fails only once the core task is gone without saying why (it panicked).
+            if metrics.changed().await.is_err() {
+                return Some("raft core ended".to_string());
+            }
         }
     }
 

@@ -73,6 +73,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(
         &mut self,
     ) -> Result<openraft::alias::SnapshotOf<TypeConfig, Cursor<Vec<u8>>>, io::Error> {
+        crate::crash_point!("snapshot::before_build");
         // Raft purges its log up to the snapshot once this returns, so what the snapshot covers
         // must survive a crash of the state machine's non-durable commits.
         self.applier.sync()?;
@@ -83,6 +84,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             last_membership,
         };
         self.set_current(meta.clone(), dump.clone());
+        crate::crash_point!("snapshot::after_build");
         Ok(openraft::storage::Snapshot {
             meta,
             snapshot: Cursor::new(dump),
@@ -146,7 +148,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Cursor<Vec<u8>>,
     ) -> Result<(), io::Error> {
         let dump = snapshot.into_inner();
+        crate::crash_point!("snapshot::before_install");
         self.applier.restore(&dump)?;
+        crate::crash_point!("snapshot::after_install");
         self.set_current(meta.clone(), dump);
         Ok(())
     }

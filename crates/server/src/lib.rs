@@ -19,4 +19,4 @@ pub mod transport;
 pub mod watch;
 
 pub use config::Config;
-pub use node::{Listeners, Node, Served, StartError, Storage};
+pub use node::{Listeners, Node, Served, StartError, Storage, WrapBackend};

@@ -1,4 +1,5 @@
-//! The `keel` binary: parse etcd-style flags, start one member, stop cleanly on SIGTERM/SIGINT.
+//! The `keel` binary: parse etcd-style flags, start one member, stop cleanly on SIGTERM/SIGINT,
+//! exit non-zero when the member stops on a fatal error (a failed commit or fsync).
 
 use clap::Parser;
 use keel_server::{Config, Listeners, Node};
@@ -24,6 +25,9 @@ fn init_logging(format: &str) {
 async fn main() -> std::process::ExitCode {
     let config = Config::parse();
     init_logging(&config.log_format);
+    // Crash points named by FAILPOINTS; nothing unless built with the `failpoints` feature.
+    #[allow(clippy::let_unit_value)]
+    let _failpoints = keel_raft::failpoints::setup();
     let node = match start(&config).await {
         Ok(node) => node,
         Err(e) => {
@@ -39,12 +43,24 @@ async fn main() -> std::process::ExitCode {
         eprintln!("keel: cannot install signal handlers");
         return std::process::ExitCode::FAILURE;
     };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = int.recv() => tracing::info!("SIGINT: stopping"),
+    let fatal = tokio::select! {
+        _ = term.recv() => { tracing::info!("SIGTERM: stopping"); None }
+        _ = int.recv() => { tracing::info!("SIGINT: stopping"); None }
+        reason = node.wait_fatal() => Some(reason),
+    };
+    match fatal {
+        None => {
+            node.stop().await;
+            std::process::ExitCode::SUCCESS
+        }
+        Some(reason) => {
+            // The member already stopped serving; release it without the final sync (the
+            // store just failed one) and exit non-zero so a supervisor notices.
+            eprintln!("keel: stopped after a fatal error: {reason}");
+            node.kill().await;
+            std::process::ExitCode::FAILURE
+        }
     }
-    node.stop().await;
-    std::process::ExitCode::SUCCESS
 }
 
 async fn start(config: &Config) -> Result<Node, keel_server::StartError> {

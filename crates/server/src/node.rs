@@ -2,8 +2,12 @@
 //!
 //! Owns: the data directory layout, bootstrapping Raft from `--initial-cluster`, binding the
 //! client and peer listeners, the member's background tasks (publishing its attributes, the
-//! periodic durable commit, physical compaction) and an orderly shutdown.
-//! Must never: serve a request before Raft and the store are open.
+//! periodic durable commit, physical compaction), an orderly shutdown, and the fatal stop:
+//! when the store fails a commit or a durable sync (Raft stops on a failed apply, the
+//! maintenance task on a failed sync) the member stops serving and stops Raft at once and
+//! reports why through [`Node::wait_fatal`] (the binary then exits non-zero).
+//! Must never: serve a request before Raft and the store are open, or carry on after a
+//! failed fsync (the pages it lost would be reported durable by the next sync that works).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -15,7 +19,7 @@ use futures::{Stream, TryStreamExt};
 use keel_api::keelpb::internal_request::Request as Command;
 use keel_api::keelpb::MemberAttributes;
 use keel_raft::{KeelRaft, MemLog, MemLogDisk, Member, RaftConfig};
-use keel_storage::Store;
+use keel_storage::{Backend, RedbBackend, Store};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -57,6 +61,13 @@ pub enum StartError {
     Listen(String, std::io::Error),
 }
 
+/// Wraps the member's state-machine engine before the store opens it (tests insert a
+/// fault-injecting engine here; the binary never sets one).
+pub type WrapBackend = Arc<dyn Fn(Arc<dyn Backend>) -> Arc<dyn Backend> + Send + Sync>;
+
+/// Why a member stopped on its own; `None` while it runs (or after an orderly stop).
+type FatalReason = watch::Sender<Option<String>>;
+
 /// Sockets a member serves on, bound before it starts (tests bind port 0 and read the
 /// addresses back; the binary binds the configured URLs).
 pub struct Listeners {
@@ -86,8 +97,9 @@ pub enum Served {
 
 /// Where a member keeps its state.
 pub enum Storage {
-    /// redb files in the data directory (the binary, cluster tests).
-    DataDir,
+    /// redb files in the data directory (the binary, cluster tests); `wrap`, if any, wraps
+    /// the state-machine engine (fault-injection tests).
+    DataDir { wrap: Option<WrapBackend> },
     /// Handed in by the deterministic simulation: a store over its own backend (whose
     /// durable commits model the disk) and an in-memory Raft log on a simulated disk. No
     /// file, thread or blocking task is used, and a failed sync stops only this member.
@@ -117,25 +129,35 @@ pub struct Node {
     pub peer_addrs: Vec<SocketAddr>,
     election_timeout: Duration,
     connections: Arc<KillSwitch>,
-    shutdown: watch::Sender<bool>,
+    shutdown: Arc<watch::Sender<bool>>,
+    fatal: Arc<FatalReason>,
     tasks: JoinSet<()>,
 }
 
 impl Node {
     /// Opens storage and Raft, bootstraps or rejoins the cluster, and starts serving.
     pub async fn start(config: &Config, listeners: Listeners) -> Result<Node, StartError> {
-        Self::start_with(config, Served::Tcp(listeners), Storage::DataDir).await
+        Self::start_with(config, listeners, None).await
     }
 
-    /// [`Node::start`] with the transport and storage chosen by the caller.
+    /// [`Node::start`] with the state-machine engine passed through `wrap` first.
     pub async fn start_with(
+        config: &Config,
+        listeners: Listeners,
+        wrap: Option<WrapBackend>,
+    ) -> Result<Node, StartError> {
+        Self::start_on(config, Served::Tcp(listeners), Storage::DataDir { wrap }).await
+    }
+
+    /// [`Node::start`] with the transport and storage chosen by the caller (the simulation).
+    pub async fn start_on(
         config: &Config,
         served: Served,
         storage: Storage,
     ) -> Result<Node, StartError> {
         config.validate()?;
         let member_dir = config.data_dir().join("member");
-        if matches!(storage, Storage::DataDir) {
+        if matches!(storage, Storage::DataDir { .. }) {
             std::fs::create_dir_all(&member_dir)
                 .map_err(|e| StartError::DataDir(member_dir.clone(), e))?;
             let old_log = member_dir.join("raft.redb");
@@ -168,10 +190,14 @@ impl Node {
         let my_id = member_id(my_urls, token);
 
         let (store, log_disk) = match storage {
-            Storage::DataDir => (
-                Arc::new(Store::open_redb(member_dir.join("kv.redb"))?),
-                None,
-            ),
+            Storage::DataDir { wrap } => {
+                let mut engine: Arc<dyn Backend> =
+                    Arc::new(RedbBackend::open(member_dir.join("kv.redb"))?);
+                if let Some(wrap) = wrap {
+                    engine = wrap(engine);
+                }
+                (Arc::new(Store::open(engine)?), None)
+            }
             Storage::Simulated { store, log_disk } => (store, Some(log_disk)),
         };
         let simulated = log_disk.is_some();
@@ -212,7 +238,8 @@ impl Node {
             raft: raft.clone(),
         });
 
-        let (shutdown, _) = watch::channel(false);
+        let shutdown = Arc::new(watch::channel(false).0);
+        let fatal: Arc<FatalReason> = Arc::new(watch::channel(None).0);
         let connections = Arc::new(KillSwitch::default());
         let mut tasks = JoinSet::new();
         let (client_listeners, peer_addrs) = match served {
@@ -285,11 +312,22 @@ impl Node {
         if simulated {
             tasks.spawn(maintain_simulated_store(
                 server.store.clone(),
+                fatal.clone(),
                 shutdown.subscribe(),
             ));
         } else {
-            tasks.spawn(maintain_store(server.store.clone(), shutdown.subscribe()));
+            tasks.spawn(maintain_store(
+                server.store.clone(),
+                fatal.clone(),
+                shutdown.subscribe(),
+            ));
         }
+        tasks.spawn(halt_on_fatal(
+            server.clone(),
+            fatal.clone(),
+            shutdown.clone(),
+            connections.clone(),
+        ));
         let election_timeout = Duration::from_millis(config.election_timeout);
         tasks.spawn(leases.run(server.clone(), election_timeout, shutdown.subscribe()));
         tracing::info!(name = %config.name, member_id = %format!("{my_id:x}"), ?client_addrs, ?peer_addrs, "keel member started");
@@ -300,8 +338,31 @@ impl Node {
             election_timeout: Duration::from_millis(config.election_timeout),
             connections,
             shutdown,
+            fatal,
             tasks,
         })
+    }
+
+    /// Why this member stopped on its own, if it did (see [`Node::wait_fatal`]).
+    pub fn fatal_error(&self) -> Option<String> {
+        self.fatal.borrow().clone()
+    }
+
+    /// Waits until this member stops on its own because of a fatal error (a failed commit or
+    /// sync of its store, Raft's storage failing) and returns the reason. By then it serves
+    /// nothing and Raft has stopped; `stop` or `kill` still release its files.
+    pub async fn wait_fatal(&self) -> String {
+        let mut fatal = self.fatal.subscribe();
+        let reason = fatal
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|reason| reason.clone());
+        match reason {
+            Some(reason) => reason,
+            // The sender lives in `self`, so it cannot be dropped while we borrow `self`.
+            None => std::future::pending().await,
+        }
     }
 
     /// Hands over leadership, stops serving, stops Raft and makes everything applied durable.
@@ -323,8 +384,11 @@ impl Node {
             while self.tasks.join_next().await.is_some() {}
         }
         self.server.raft.shutdown().await;
-        if let Err(e) = self.server.store.sync() {
-            tracing::error!(error = %e, "final sync failed");
+        // After a fatal storage error a sync that "works" would promise nothing: skip it.
+        if self.fatal_error().is_none() {
+            if let Err(e) = self.server.store.sync() {
+                tracing::error!(error = %e, "final sync failed");
+            }
         }
         tracing::info!(name = %self.server.name, "keel member stopped");
         release(self.server).await;
@@ -482,9 +546,13 @@ async fn publish_attributes(server: Arc<Server>, mut stop: watch::Receiver<bool>
 }
 
 /// [`maintain_store`] for a simulated member: the same periodic compaction and durable
-/// commit, inline (a simulated member may not use blocking threads), and a failed sync stops
-/// only this member's maintenance instead of the whole process (which runs every member).
-async fn maintain_simulated_store(store: Arc<Store>, mut stop: watch::Receiver<bool>) {
+/// commit, inline (a simulated member may not use blocking threads); a failure is fatal for
+/// the member as in [`maintain_store`].
+async fn maintain_simulated_store(
+    store: Arc<Store>,
+    fatal: Arc<FatalReason>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(SYNC_INTERVAL);
     loop {
         tokio::select! {
@@ -493,18 +561,60 @@ async fn maintain_simulated_store(store: Arc<Store>, mut stop: watch::Receiver<b
             _ = tick.tick() => {}
         }
         let result = (|| -> Result<(), keel_storage::StorageError> {
-            while !store.compact_step(COMPACT_STEP_KEYS)? {}
+            while store.compaction_pending()? {
+                if store.compact_step(COMPACT_STEP_KEYS)? {
+                    break;
+                }
+            }
             store.sync()
         })();
         if let Err(e) = result {
-            tracing::error!(error = %e, "simulated store maintenance failed; stopping it");
+            fatal.send_replace(Some(format!("store maintenance (sync) failed: {e}")));
             return;
         }
     }
 }
 
-/// Periodic durable commit and physical compaction, off the apply path.
-async fn maintain_store(store: Arc<Store>, mut stop: watch::Receiver<bool>) {
+/// Stops the member when Raft stops on a fatal error or the store fails a sync: stop
+/// accepting, cut every connection, end watch streams, stop Raft. Nothing is retried.
+async fn halt_on_fatal(
+    server: Arc<Server>,
+    fatal: Arc<FatalReason>,
+    shutdown: Arc<watch::Sender<bool>>,
+    connections: Arc<KillSwitch>,
+) {
+    let mut stop = shutdown.subscribe();
+    let mut reported = fatal.subscribe();
+    let reason = tokio::select! {
+        biased;
+        _ = stop.wait_for(|s| *s) => return,
+        reason = reported.wait_for(Option::is_some) => {
+            match reason.ok().and_then(|reason| reason.clone()) {
+                Some(reason) => reason,
+                None => return,
+            }
+        }
+        reason = server.raft.stopped() => match reason {
+            Some(reason) => format!("raft stopped: {reason}"),
+            None => return,
+        },
+    };
+    tracing::error!(name = %server.name, error = %reason, "fatal storage failure; member stopping");
+    fatal.send_replace(Some(reason));
+    let _ = shutdown.send(true);
+    server.watch_hub.shutdown();
+    connections.kill();
+    server.raft.shutdown().await;
+}
+
+/// Periodic durable commit and physical compaction, off the apply path. A failure is fatal
+/// for the member: a failed fsync is not retryable (the next one may succeed without the
+/// lost pages ever reaching the disk).
+async fn maintain_store(
+    store: Arc<Store>,
+    fatal: Arc<FatalReason>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(SYNC_INTERVAL);
     loop {
         tokio::select! {
@@ -514,16 +624,22 @@ async fn maintain_store(store: Arc<Store>, mut stop: watch::Receiver<bool>) {
         let store = store.clone();
         let result =
             tokio::task::spawn_blocking(move || -> Result<(), keel_storage::StorageError> {
-                while !store.compact_step(COMPACT_STEP_KEYS)? {}
+                while store.compaction_pending()? {
+                    keel_raft::crash_point!("compact::before_step");
+                    let done = store.compact_step(COMPACT_STEP_KEYS)?;
+                    keel_raft::crash_point!("compact::after_step");
+                    if done {
+                        break;
+                    }
+                }
                 store.sync()
             })
             .await;
         match result {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                // A failed fsync is not retryable: the member must not carry on as if durable.
-                tracing::error!(error = %e, "store maintenance failed; stopping");
-                std::process::exit(1);
+                fatal.send_replace(Some(format!("store maintenance (sync) failed: {e}")));
+                return;
             }
             Err(e) => tracing::error!(error = %e, "store maintenance task panicked"),
         }

@@ -1,19 +1,25 @@
 //! The ordered-table engine seam: named tables of byte keys to byte values, consistent
 //! read snapshots and atomic write transactions.
 //!
-//! Owns: the [`Backend`], [`ReadTxn`] and [`WriteTxn`] traits, the [`Table`] namespace and
-//! two engines ([`MemBackend`] for tests, [`RedbBackend`] for real). Must never interpret
-//! keys or values (that is `mvcc`'s job) nor know about revisions, Raft or the wire.
+//! Owns: the [`Backend`], [`ReadTxn`] and [`WriteTxn`] traits, the [`Table`] namespace, two
+//! engines ([`MemBackend`] for tests, [`RedbBackend`] for real), the integrity layer every
+//! store reads through ([`CheckedBackend`]: a CRC32C per entry, verified on read) and a
+//! fault injector for tests ([`FaultyBackend`]). Must never interpret keys or values (that
+//! is `mvcc`'s job) nor know about revisions, Raft or the wire.
 //!
 //! Concurrency contract every engine keeps: any number of readers, each seeing the state of
 //! the last commit before it began; at most one writer at a time (a second `begin_write`
 //! waits); a write transaction dropped without `commit` leaves no trace.
 
+mod checked;
+mod fault;
 mod mem;
 mod redb_engine;
 
 use std::ops::Bound;
 
+pub use checked::CheckedBackend;
+pub use fault::{Fault, FaultPlan, FaultSpec, FaultyBackend};
 pub use mem::MemBackend;
 pub use redb_engine::RedbBackend;
 

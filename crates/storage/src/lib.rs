@@ -13,7 +13,10 @@ pub mod backend;
 mod error;
 pub mod mvcc;
 
-pub use backend::{Backend, Direction, MemBackend, ReadTxn, RedbBackend, Table, WriteTxn};
+pub use backend::{
+    Backend, CheckedBackend, Direction, Fault, FaultPlan, FaultSpec, FaultyBackend, MemBackend,
+    ReadTxn, RedbBackend, Table, WriteTxn,
+};
 pub use error::{Result, StorageError};
 pub use mvcc::{
     Event, EventKind, KeyValue, KvHash, RangeOptions, RangeResult, ReadView, Revision, Store,

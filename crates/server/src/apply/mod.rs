@@ -112,8 +112,10 @@ impl Applier for KvApplier {
         batch
             .put_meta(META_RAFT_STATE, raft_state)
             .map_err(io_error)?;
+        keel_raft::crash_point!("apply::before_commit");
         // Not durable: the Raft log is. `sync` makes it durable before the log is purged.
         batch.commit(false).map_err(io_error)?;
+        keel_raft::crash_point!("apply::after_commit");
         if let Some(observer) = &self.observer {
             observer.committed(&out);
         }

@@ -22,7 +22,7 @@ use keel_api::etcdserverpb::{
     request_op, Compare, DeleteRangeRequest, PutRequest, PutResponse, RangeRequest, RangeResponse,
     RequestOp, TxnRequest,
 };
-use keel_server::{Config, Listeners, Node};
+use keel_server::{Config, Listeners, Node, WrapBackend};
 use tokio::net::TcpListener;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Response, Status};
@@ -101,13 +101,15 @@ pub struct TestMember {
     pub client_port: u16,
     pub peer_port: u16,
     pub member_id: u64,
+    /// Wraps the member's store engine at every start (fault injection), if set.
+    pub wrap_backend: Option<WrapBackend>,
     node: Option<Node>,
     channel: Channel,
 }
 
 impl TestMember {
     async fn start(&mut self, listeners: Listeners) {
-        let node = Node::start(&self.config, listeners)
+        let node = Node::start_with(&self.config, listeners, self.wrap_backend.clone())
             .await
             .unwrap_or_else(|e| panic!("member {} failed to start: {e}", self.name));
         assert_eq!(
@@ -134,7 +136,7 @@ impl TestMember {
                 client: vec![bind_port(self.client_port).await],
                 peer: vec![bind_port(self.peer_port).await],
             };
-            match Node::start(&self.config, listeners).await {
+            match Node::start_with(&self.config, listeners, self.wrap_backend.clone()).await {
                 Ok(node) => Ok(node),
                 Err(e) if e.to_string().contains("already open") => Err(e.to_string()),
                 Err(e) => panic!("{} failed to restart: {e}", self.name),
@@ -158,6 +160,16 @@ impl TestCluster {
     /// Starts `size` founding members with etcd-style flags plus `extra_args` (for example
     /// `["--snapshot-count", "50"]`), and waits until they agree on a leader.
     pub async fn start(size: usize, extra_args: &[&str]) -> TestCluster {
+        Self::start_with_backends(vec![None; size], extra_args).await
+    }
+
+    /// [`TestCluster::start`] with one member per entry of `wraps`, each member's store
+    /// engine passed through its wrapper (for example a fault-injecting engine).
+    pub async fn start_with_backends(
+        wraps: Vec<Option<WrapBackend>>,
+        extra_args: &[&str],
+    ) -> TestCluster {
+        let size = wraps.len();
         init_tracing();
         let dir = tempfile::tempdir().expect("temp dir");
         let mut client = Vec::new();
@@ -174,7 +186,7 @@ impl TestCluster {
             .collect::<Vec<_>>()
             .join(",");
         let mut members = Vec::new();
-        for i in 0..size {
+        for (i, wrap_backend) in wraps.into_iter().enumerate() {
             let (client_port, peer_port) = (port(&client[i]), port(&peer[i]));
             let name = format!("m{i}");
             let data_dir = dir.path().join(&name);
@@ -212,6 +224,7 @@ impl TestCluster {
                 client_port,
                 peer_port,
                 member_id: 0,
+                wrap_backend,
                 node: None,
                 channel: channel(client_port),
             });

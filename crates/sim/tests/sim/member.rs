@@ -91,7 +91,7 @@ pub async fn run_member(
         store: disks.store.open()?,
         log_disk: disks.log.clone(),
     };
-    let node = Node::start_with(&config, served, storage).await?;
+    let node = Node::start_on(&config, served, storage).await?;
     *slot.borrow_mut() = Some(node.server.clone());
     // Serve until turmoil crashes this host (which drops everything running here).
     std::future::pending::<()>().await;

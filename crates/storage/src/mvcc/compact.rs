@@ -85,6 +85,12 @@ impl Store {
         Ok(())
     }
 
+    /// Whether a scheduled compaction still has physical work left.
+    pub fn compaction_pending(&self) -> Result<bool> {
+        let txn = self.backend.begin_read()?;
+        Ok(txn.get(Table::Meta, META_COMPACT_CURSOR)?.is_some())
+    }
+
     /// Runs one bounded step (at most `max_keys` keys) of the scheduled compaction in its
     /// own non-durable write transaction. Returns `true` when no compaction work is left.
     /// Safe to interleave with write batches and to repeat after a crash.

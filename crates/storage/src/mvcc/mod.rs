@@ -5,9 +5,11 @@
 //! never do I/O beyond its backend, read clocks, or know about Raft or protobuf; the caller
 //! decides batching and durability.
 //!
-//! # On-disk layout (format 1)
+//! # On-disk layout (format 2)
 //!
-//! All integers are big-endian.
+//! All integers are big-endian. Every entry of every table below is stored through
+//! [`CheckedBackend`](crate::backend::CheckedBackend), which appends a CRC32C of the table
+//! id, key and value and verifies it on every read (format 2; format 1 had no entry CRC).
 //!
 //! * `Table::Kv`, one entry per key version:
 //!   key = `escape(user_key) ++ !main ++ !sub` where `escape` maps 0x00 to 0x00 0xFF and
@@ -50,11 +52,11 @@ pub use types::{
 };
 pub use write::{TxnWriter, WriteBatch};
 
-use crate::backend::{Backend, MemBackend, ReadTxn, RedbBackend, Table, WriteTxn};
+use crate::backend::{Backend, CheckedBackend, MemBackend, ReadTxn, RedbBackend, Table, WriteTxn};
 use crate::error::{Result, StorageError};
 use encoding::{decode_i64, encode_i64};
 
-pub(crate) const FORMAT_VERSION: i64 = 1;
+pub(crate) const FORMAT_VERSION: i64 = 2;
 pub(crate) const META_FORMAT: &[u8] = b"format_version";
 pub(crate) const META_CURRENT: &[u8] = b"current_revision";
 pub(crate) const META_COMPACT: &[u8] = b"compact_revision";
@@ -110,8 +112,10 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens a store over `backend`, initialising an empty one.
+    /// Opens a store over `backend`, initialising an empty one. Every entry is read and
+    /// written through a [`CheckedBackend`], so corrupt bytes are an error, never data.
     pub fn open(backend: Arc<dyn Backend>) -> Result<Store> {
+        let backend: Arc<dyn Backend> = Arc::new(CheckedBackend::new(backend));
         let mut txn = backend.begin_write()?;
         if txn.get(Table::Meta, META_FORMAT)?.is_none() {
             init_meta(&mut *txn)?;
