@@ -8,7 +8,9 @@
 
 pub mod failpoints;
 mod log_store;
+mod mem_log;
 mod network;
+mod rt;
 mod state_machine;
 mod types;
 
@@ -22,7 +24,11 @@ use openraft::rt::watch::WatchReceiver;
 use openraft::{Config, ReadPolicy, ServerState, SnapshotPolicy};
 
 pub use log_store::LogStore;
-pub use network::{peer_channel, peer_client, NetworkFactory, PEER_MESSAGE_BYTES_MAX};
+pub use mem_log::{MemLog, MemLogDisk, MemLogOptions};
+pub use network::{
+    peer_channel, peer_client, set_peer_dialer, NetworkFactory, PeerDialer, PEER_MESSAGE_BYTES_MAX,
+};
+pub use rt::{seed_thread_rng, KeelRuntime};
 pub use state_machine::{Applier, StateMachine};
 pub use types::{Member, NodeId, Request, Response, TypeConfig};
 
@@ -86,6 +92,20 @@ pub struct KeelRaft {
 impl KeelRaft {
     /// Opens the log, builds the state machine adapter and starts Raft.
     pub async fn start(cfg: &RaftConfig, applier: Arc<dyn Applier>) -> Result<Self, RaftError> {
+        let log = LogStore::open(&cfg.log_path).map_err(fatal)?;
+        Self::start_with_log(cfg, applier, log).await
+    }
+
+    /// Starts Raft on a given log store (`cfg.log_path` is not used): the simulation's
+    /// [`MemLog`], or a test's.
+    pub async fn start_with_log<LS>(
+        cfg: &RaftConfig,
+        applier: Arc<dyn Applier>,
+        log: LS,
+    ) -> Result<Self, RaftError>
+    where
+        LS: openraft::storage::RaftLogStorage<TypeConfig>,
+    {
         let config = Config {
             cluster_name: "keel".into(),
             heartbeat_interval: cfg.heartbeat_interval_ms,
@@ -100,10 +120,19 @@ impl KeelRaft {
             // Replicate entries as soon as they are handed to the log store, so followers
             // persist in parallel with the leader instead of after its fsync.
             broadcast_submitted_on_append: Some(true),
+            // A restarted leader must win a new election before it leads again. openraft would
+            // otherwise restore it as leader at once, with its ReadIndex based on the committed
+            // index it last persisted; keel persists that without waiting (and commits apply
+            // batches without fsync), so the restored leader could hand out a read index below
+            // writes already acknowledged: a stale linearizable read. Worse, entries reach the
+            // followers before the leader's own fsync, so a crash can cost the leader a tail
+            // they hold; restored in the same term it would write other entries under the same
+            // (term, index), and the replicas diverge. Both found by the simulation
+            // (crates/sim/tests/sim, `mixed` seed 1 and the `leader-restart` scenario).
+            enable_leader_restore: Some(false),
             ..Default::default()
         };
         let config = Arc::new(config.validate().map_err(fatal)?);
-        let log = LogStore::open(&cfg.log_path).map_err(fatal)?;
         let sm = StateMachine::new(applier);
         let network = NetworkFactory {
             append_timeout: Duration::from_millis(cfg.election_timeout_ms),

@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::io::Cursor;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use keel_api::keelpb::peer_client::PeerClient;
@@ -42,12 +43,41 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, tonic::Status> {
     bincode::deserialize(bytes).map_err(|e| tonic::Status::invalid_argument(format!("decode: {e}")))
 }
 
+/// Turns a peer endpoint into a channel over something other than TCP (see
+/// [`set_peer_dialer`]).
+pub type PeerDialer = fn(Endpoint) -> Channel;
+
+static PEER_DIALER: OnceLock<PeerDialer> = OnceLock::new();
+
+/// Replaces how every member in this process connects to its peers. Only the deterministic
+/// simulation calls it (its members talk over turmoil's simulated network); it can be set
+/// once per process, and a member process never sets it. Returns `false` if a different
+/// dialer was already set.
+pub fn set_peer_dialer(dialer: PeerDialer) -> bool {
+    let set = *PEER_DIALER.get_or_init(|| dialer);
+    std::ptr::fn_addr_eq(set, dialer)
+}
+
+/// How often an idle peer connection is pinged, and how long a ping may go unanswered before
+/// the connection is dropped and redialled. Without it a connection whose packets vanish (a
+/// peer's host gone without a reset, a black-holing network) stalls every later RPC on it
+/// until TCP gives up many minutes later; found by the simulation, whose partitions drop
+/// packets silently.
+const PEER_KEEPALIVE: Duration = Duration::from_secs(1);
+const PEER_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Opens a lazily connecting gRPC channel to a peer URL such as `http://127.0.0.1:2380`.
 pub fn peer_channel(url: &str) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(url.to_string())?
+    let endpoint = Endpoint::from_shared(url.to_string())?
         .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true)
-        .connect_lazy())
+        .http2_keep_alive_interval(PEER_KEEPALIVE)
+        .keep_alive_timeout(PEER_KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true);
+    Ok(match PEER_DIALER.get() {
+        Some(dial) => dial(endpoint),
+        None => endpoint.connect_lazy(),
+    })
 }
 
 /// A gRPC client for the `Peer` service with keel's message-size limits.

@@ -57,6 +57,7 @@ openraft::declare_raft_types!(
         R = Response,
         NodeId = NodeId,
         Node = Member,
+        AsyncRuntime = crate::rt::KeelRuntime,
 );
 
 pub(crate) type LogId = openraft::alias::LogIdOf<TypeConfig>;

@@ -12,9 +12,11 @@ pub mod grpc;
 pub mod lease;
 pub mod lock;
 pub mod node;
+pub mod planted;
 pub mod propose;
 pub mod server;
+pub mod transport;
 pub mod watch;
 
 pub use config::Config;
-pub use node::{Listeners, Node, StartError, WrapBackend};
+pub use node::{Listeners, Node, Served, StartError, Storage, WrapBackend};

