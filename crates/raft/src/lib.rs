@@ -21,7 +21,9 @@ use openraft::rt::watch::WatchReceiver;
 use openraft::{Config, ReadPolicy, ServerState, SnapshotPolicy};
 
 pub use log_store::LogStore;
-pub use network::{peer_channel, peer_client, NetworkFactory, PEER_MESSAGE_BYTES_MAX};
+pub use network::{
+    peer_channel, peer_client, set_peer_dial_map, NetworkFactory, PEER_MESSAGE_BYTES_MAX,
+};
 pub use state_machine::{Applier, StateMachine};
 pub use types::{Member, NodeId, Request, Response, TypeConfig};
 
