@@ -168,6 +168,7 @@ async fn process_nemesis_keeps_history_linearizable_and_hashes_equal() {
         faults = run.nemesis.total(),
         faults_by_kind = ?run.nemesis.faults,
         recovery_ms_max = run.nemesis.recovery_ms_max,
+        failovers_ms = ?run.nemesis.failovers_ms,
         steps = report.steps,
         check_ms = check_started.elapsed().as_millis(),
         final_revision,
@@ -202,3 +203,56 @@ async fn process_nemesis_keeps_history_linearizable_and_hashes_equal() {
         "--- done"
     );
 }
+
+/// The dial-map seam and the proxies do what the nemesis relies on: with the leader's links
+/// cut, the other two elect a new leader (so no peer traffic bypasses the proxies), and with
+/// every link delayed, a write waits at least for the delay there and back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_traffic_goes_through_the_link_proxies() {
+    common::init_tracing();
+    let mut cluster = ProcCluster::start(MEMBERS).await;
+    let old = cluster.wait_for_leader(RECOVERY_WAIT).await;
+
+    tracing::info!("--- phase 1: cut m{old} (the leader) off; the others elect a new leader");
+    cluster.isolate(old);
+    let others: Vec<usize> = (0..MEMBERS).filter(|&i| i != old).collect();
+    let deadline = Instant::now() + RECOVERY_WAIT;
+    let new = loop {
+        let mut seen = Vec::new();
+        for &i in &others {
+            let leader = cluster.status(i).await.map(|s| s.leader);
+            seen.push(leader.and_then(|l| cluster.index_of(l)));
+        }
+        match seen[..] {
+            [Some(a), Some(b)] if a == b && a != old => break a,
+            _ => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new leader behind the cut: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    tracing::info!(old, new, "new leader elected behind the cut");
+
+    tracing::info!("--- phase 2: heal; one leader again");
+    cluster.heal().await;
+    let leader = cluster.wait_for_leader(RECOVERY_WAIT).await;
+    let mut kv = cluster.kv(leader);
+    common::put_retrying(&mut kv, "proxy/k", "fast").await;
+
+    tracing::info!("--- phase 3: every link delayed {LINK_DELAY:?}; a write waits for it");
+    cluster.set_all_links(process::proxy::LinkMode::Delay(LINK_DELAY));
+    let started = Instant::now();
+    common::put_retrying(&mut kv, "proxy/k", "slow").await;
+    let took = started.elapsed();
+    assert!(
+        took >= 2 * LINK_DELAY,
+        "a replicated write took {took:?} over links delayed {LINK_DELAY:?} each way"
+    );
+    cluster.heal().await;
+    common::put_retrying(&mut kv, "proxy/k", "healed").await;
+}
+
+/// Delay of every link in `peer_traffic_goes_through_the_link_proxies`.
+const LINK_DELAY: Duration = Duration::from_millis(300);

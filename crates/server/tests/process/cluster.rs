@@ -32,6 +32,8 @@ const READY_WAIT: Duration = Duration::from_secs(30);
 const START_ATTEMPTS_MAX: usize = 5;
 /// Bound on one status probe (a paused member never answers).
 const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
+/// Bound on every unary call through a member's channel, so no check hangs on a dead member.
+const RPC_TIMEOUT: Duration = Duration::from_secs(10);
 /// Polling cadence of readiness and leader checks (not a synchroniser).
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// Set to keep the temp dir (data and logs) even when the test passes.
@@ -202,6 +204,8 @@ impl ProcCluster {
         let child = Command::new(env!("CARGO_BIN_EXE_keel"))
             .args(&args)
             .env("KEEL_PEER_DIAL_MAP", dial_map)
+            // Plain text logs (tracing-subscriber honours NO_COLOR).
+            .env("NO_COLOR", "1")
             .env(
                 "KEEL_LOG",
                 std::env::var("KEEL_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
@@ -434,6 +438,7 @@ fn channel(port: u16) -> Channel {
     Endpoint::from_shared(url(port))
         .expect("loopback URL")
         .connect_timeout(Duration::from_secs(1))
+        .timeout(RPC_TIMEOUT)
         .tcp_nodelay(true)
         .connect_lazy()
 }

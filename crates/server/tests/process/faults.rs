@@ -29,6 +29,8 @@ pub const RECOVERY_WAIT: Duration = Duration::from_secs(30);
 /// Bounds of the delay a slow network adds to each chunk.
 const DELAY_MIN: Duration = Duration::from_millis(20);
 const DELAY_MAX: Duration = Duration::from_millis(300);
+/// How often the others are asked for a new leader while the leader is away.
+const FAILOVER_PROBE: Duration = Duration::from_millis(100);
 
 /// The kinds of fault, each with its weight in the schedule.
 const KINDS: [(&str, usize); 9] = [
@@ -51,6 +53,9 @@ pub struct NemesisLog {
     pub faults: BTreeMap<&'static str, usize>,
     /// Longest time from healing a fault to an agreed leader.
     pub recovery_ms_max: u128,
+    /// For faults that take the leader away: how long the others took to agree on a new
+    /// leader (`None`: not within the fault's duration).
+    pub failovers_ms: Vec<(&'static str, Option<u128>)>,
 }
 
 impl NemesisLog {
@@ -76,6 +81,35 @@ fn other(rng: &mut Rng, n: usize, not: usize) -> usize {
     (not + 1 + rng.below(n - 1)) % n
 }
 
+/// Holds a fault that took `old` (the leader) away for `hold`, watching when the other
+/// members agree on a new leader among themselves.
+async fn hold_watching_failover(cluster: &ProcCluster, old: usize, hold: Duration) -> Option<u128> {
+    let started = Instant::now();
+    let mut failover = None;
+    while started.elapsed() < hold {
+        if failover.is_none() {
+            let mut seen = Vec::new();
+            for i in (0..cluster.len()).filter(|&i| i != old) {
+                seen.push(
+                    cluster
+                        .status(i)
+                        .await
+                        .and_then(|s| cluster.index_of(s.leader)),
+                );
+            }
+            if seen
+                .iter()
+                .all(|l| l.is_some_and(|l| l != old) && *l == seen[0])
+            {
+                failover = Some(started.elapsed().as_millis());
+            }
+        }
+        // Probe cadence while the fault lasts, not a synchroniser.
+        tokio::time::sleep(FAILOVER_PROBE.min(hold.saturating_sub(started.elapsed()))).await;
+    }
+    failover
+}
+
 /// Runs faults until `until`, one at a time, healing and waiting for a leader after each.
 pub async fn nemesis(cluster: &mut ProcCluster, mut rng: Rng, until: Instant) -> NemesisLog {
     let mut log = NemesisLog::default();
@@ -97,6 +131,8 @@ pub async fn nemesis(cluster: &mut ProcCluster, mut rng: Rng, until: Instant) ->
             hold_ms = hold.as_millis(),
             "--- nemesis: fault"
         );
+        // Set by faults that take the leader away: how long until the others agreed on another.
+        let mut failover: Option<Option<u128>> = None;
         match kind {
             "kill-leader" | "kill-follower" | "kill-majority" => {
                 let victims = match kind {
@@ -107,7 +143,11 @@ pub async fn nemesis(cluster: &mut ProcCluster, mut rng: Rng, until: Instant) ->
                 for &v in &victims {
                     cluster.kill(v);
                 }
-                tokio::time::sleep(hold).await;
+                if kind == "kill-leader" {
+                    failover = Some(hold_watching_failover(cluster, leader, hold).await);
+                } else {
+                    tokio::time::sleep(hold).await;
+                }
                 for &v in &victims {
                     cluster.restart(v).await;
                 }
@@ -119,7 +159,11 @@ pub async fn nemesis(cluster: &mut ProcCluster, mut rng: Rng, until: Instant) ->
                     follower
                 };
                 cluster.pause(victim);
-                tokio::time::sleep(hold).await;
+                if kind == "pause-leader" {
+                    failover = Some(hold_watching_failover(cluster, leader, hold).await);
+                } else {
+                    tokio::time::sleep(hold).await;
+                }
                 cluster.resume(victim);
             }
             "isolate-leader" | "isolate-follower" => {
@@ -150,12 +194,15 @@ pub async fn nemesis(cluster: &mut ProcCluster, mut rng: Rng, until: Instant) ->
             }
         }
         *log.faults.entry(kind).or_default() += 1;
+        if let Some(f) = failover {
+            log.failovers_ms.push((kind, f));
+        }
         cluster.heal().await;
         let healed = Instant::now();
         let leader = cluster.wait_for_leader(RECOVERY_WAIT).await;
         let recovery_ms = healed.elapsed().as_millis();
         log.recovery_ms_max = log.recovery_ms_max.max(recovery_ms);
-        tracing::info!(kind, leader, recovery_ms, "--- nemesis: healed");
+        tracing::info!(kind, leader, recovery_ms, failover_ms = ?failover, "--- nemesis: healed");
     }
     tracing::info!(?log, "--- nemesis: done");
     log
