@@ -206,3 +206,79 @@ pub async fn final_read(
         }
     }
 }
+
+/// What [`resolve_unknown_writes`] did.
+#[derive(Debug, Default)]
+pub struct Resolved {
+    /// Unknown writes the store holds: given their stored revision.
+    pub took_effect: usize,
+    /// Unknown writes the store does not hold: they never took effect and are left out.
+    pub never_applied: usize,
+}
+
+/// Settles every write of unknown outcome from the store's own record, as etcd's robustness
+/// suite does with its watch history: a write whose (key, unique value) the store holds took
+/// effect at that revision, and completed by `return_bound_ns` (the final read, which saw
+/// it); a write the store does not hold never took effect (a CAS whose compare failed has no
+/// effect either) and is left out. This is sound only after `check_store_against_clients`
+/// has shown the record complete and consistent with every acknowledged write; the reads in
+/// the history still have to agree with it, so a write that was seen and later lost shows up
+/// as a read of a value nobody wrote. Without it, the search over hundreds of pending
+/// unknown writes per key does not finish on a 10-minute history.
+pub fn resolve_unknown_writes(
+    history: &History,
+    committed: &[WatchEvent],
+    return_bound_ns: u64,
+) -> (History, Resolved) {
+    use keel_sim::history::{CasOk, Op};
+    let stored: HashMap<(&[u8], &[u8]), i64> = committed
+        .iter()
+        .map(|e| ((e.key.as_slice(), e.value.as_slice()), e.revision))
+        .collect();
+    let mut resolved = Resolved::default();
+    let mut ops = Vec::with_capacity(history.ops.len());
+    for op in &history.ops {
+        if op.return_ns.is_some() {
+            ops.push(op.clone());
+            continue;
+        }
+        let (client, call_ns) = (op.client, op.call_ns);
+        let settled = match &op.kind {
+            OpKind::Put { key, value, .. } => stored
+                .get(&(key.as_slice(), value.as_slice()))
+                .map(|&rev| Op::put(client, call_ns, return_bound_ns, key, value, rev)),
+            OpKind::Cas {
+                key,
+                expect,
+                new_value,
+                ..
+            } => stored
+                .get(&(key.as_slice(), new_value.as_slice()))
+                .map(|&rev| {
+                    let ok = CasOk {
+                        succeeded: true,
+                        revision: rev,
+                    };
+                    Op::cas(
+                        client,
+                        call_ns,
+                        return_bound_ns,
+                        key,
+                        expect.clone(),
+                        new_value,
+                        ok,
+                    )
+                }),
+            // Reads of unknown outcome are never recorded; deletes are not generated.
+            _ => Some(op.clone()),
+        };
+        match settled {
+            Some(op) => {
+                resolved.took_effect += 1;
+                ops.push(op);
+            }
+            None => resolved.never_applied += 1,
+        }
+    }
+    (History::new(ops), resolved)
+}

@@ -166,12 +166,12 @@ pub async fn nemesis(cluster: &mut ProcCluster, mut rng: Rng, until: Instant) ->
                 }
                 cluster.resume(victim);
             }
-            "isolate-leader" | "isolate-follower" => {
-                cluster.isolate(if kind == "isolate-leader" {
-                    leader
-                } else {
-                    follower
-                });
+            "isolate-leader" => {
+                cluster.isolate(leader);
+                failover = Some(hold_watching_failover(cluster, leader, hold).await);
+            }
+            "isolate-follower" => {
+                cluster.isolate(follower);
                 tokio::time::sleep(hold).await;
             }
             "bridge" => {

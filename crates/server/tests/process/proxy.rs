@@ -31,6 +31,8 @@ const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Chunks in flight per direction before the reader waits (bounds memory under delay).
 const IN_FLIGHT_CHUNKS_MAX: usize = 256;
 const CHUNK_BYTES: usize = 64 * 1024;
+/// Pause after a failed accept before the next one.
+const ACCEPT_RETRY_PAUSE: Duration = Duration::from_millis(10);
 
 /// One directed link's proxy.
 pub struct LinkProxy {
@@ -68,7 +70,11 @@ async fn accept_loop(listener: TcpListener, upstream: SocketAddr, mode: watch::R
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((downstream, _)) = accepted else { continue };
+                let Ok((downstream, _)) = accepted else {
+                    // Out of descriptors or similar: pace the retries instead of spinning.
+                    tokio::time::sleep(ACCEPT_RETRY_PAUSE).await;
+                    continue;
+                };
                 if *mode.borrow() == LinkMode::Drop {
                     drop(downstream);
                     continue;
