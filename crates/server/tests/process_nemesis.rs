@@ -284,3 +284,44 @@ async fn peer_traffic_goes_through_the_link_proxies() {
 
 /// Delay of every link in `peer_traffic_goes_through_the_link_proxies`.
 const LINK_DELAY: Duration = Duration::from_millis(300);
+
+/// A malformed `KEEL_PEER_DIAL_MAP` stops `keel` at start, before it binds anything, with a
+/// message naming the variable and the bad entry.
+#[test]
+fn a_bad_peer_dial_map_stops_keel_with_a_clear_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = dir.path().join("member");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["--data-dir", data_dir.to_str().expect("utf-8 temp path")])
+        // Port 0 everywhere: should the check regress, the member binds nothing fixed.
+        .args(["--listen-client-urls", "http://127.0.0.1:0"])
+        .args(["--advertise-client-urls", "http://127.0.0.1:0"])
+        .args(["--listen-peer-urls", "http://127.0.0.1:0"])
+        .env("KEEL_PEER_DIAL_MAP", "http://127.0.0.1:2380=not-an-address")
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn keel");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("keel kept running with a malformed KEEL_PEER_DIAL_MAP");
+        }
+        // Polling cadence while the process exits, not a synchroniser.
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let output = child.wait_with_output().expect("collect output");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!status.success(), "keel exited with {status}");
+    assert!(
+        stderr.contains("KEEL_PEER_DIAL_MAP entry") && stderr.contains("not-an-address"),
+        "stderr names the variable and the bad entry: {stderr}"
+    );
+}
