@@ -25,9 +25,11 @@
 //!   `KEEL_NEMESIS_SECS=600 cargo test -p keel-server --test process_nemesis -- --nocapture`
 //! - `KEEL_NEMESIS_SEED` — replays the schedule (fault kinds, durations, client choices) of
 //!   a printed seed; which member a fault hits also depends on who leads at the time.
-//! - `KEEL_NEMESIS_KEEP=1` — keep the temp dir (data dirs, member logs `m<i>.log`); it is
-//!   always kept when the test fails, and its path is printed.
-//! - `KEEL_LOG` — the members' log filter (default `info,openraft=warn`).
+//! - `KEEL_NEMESIS_KEEP=1` — keep the temp dir (data dirs, member logs `m<i>.log`, the
+//!   recorded history `history.txt`); it is always kept when the test fails, and its path is
+//!   printed.
+//! - `KEEL_LOG` — the members' log filter (default `info,openraft=info`: elections, votes
+//!   and restarts' recovered log state are what a divergence is analysed from).
 
 mod common;
 mod process;
@@ -162,6 +164,10 @@ async fn process_nemesis_keeps_history_linearizable_and_hashes_equal() {
     tracing::info!("--- phase 2: clients, nemesis and watcher run for {workload:?}");
     let run = run(&mut cluster, Rng(seed), workload).await;
     let (history, final_revision) = (&run.history, run.final_revision);
+    // Kept with the member logs when the test fails: the evidence for analysing a finding.
+    let dump: String = history.ops.iter().map(|op| format!("{op:?}\n")).collect();
+    let dump_path = cluster.dir().join("history.txt");
+    std::fs::write(&dump_path, dump).expect("write the history next to the member logs");
 
     tracing::info!("--- phase 4: every member reaches revision {final_revision}");
     wait_converged(&cluster, final_revision).await;

@@ -208,7 +208,7 @@ impl ProcCluster {
             .env("NO_COLOR", "1")
             .env(
                 "KEEL_LOG",
-                std::env::var("KEEL_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
+                std::env::var("KEEL_LOG").unwrap_or_else(|_| "info,openraft=info".into()),
             )
             .stdin(Stdio::null())
             .stdout(log)
