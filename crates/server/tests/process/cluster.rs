@@ -271,6 +271,22 @@ impl ProcCluster {
         }
     }
 
+    /// The `ERROR` lines at the end of every member's log (a member that stopped itself,
+    /// for example on a full disk, says why there).
+    pub fn error_lines(&self) -> String {
+        let mut out = String::new();
+        for i in 0..self.len() {
+            for line in self
+                .log_tail(i, 64 * 1024)
+                .lines()
+                .filter(|l| l.contains(" ERROR "))
+            {
+                out.push_str(&format!("m{i}: {line}\n"));
+            }
+        }
+        out
+    }
+
     /// `Status` of member `i`, or `None` if it does not answer within `STATUS_TIMEOUT`.
     pub async fn status(&self, i: usize) -> Option<StatusResponse> {
         let mut maintenance = self.maintenance(i);
@@ -329,7 +345,10 @@ impl ProcCluster {
             match self.agreed_leader().await {
                 Ok(l) => return l,
                 Err(e) if Instant::now() >= deadline => {
-                    panic!("no agreed leader within {timeout:?}: {e}")
+                    panic!(
+                        "no agreed leader within {timeout:?}: {e}; member errors:\n{}",
+                        self.error_lines()
+                    )
                 }
                 Err(_) => tokio::time::sleep(POLL_INTERVAL).await,
             }
