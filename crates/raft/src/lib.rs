@@ -26,7 +26,8 @@ use openraft::{Config, ReadPolicy, ServerState, SnapshotPolicy};
 pub use log_store::LogStore;
 pub use mem_log::{MemLog, MemLogDisk, MemLogOptions};
 pub use network::{
-    peer_channel, peer_client, set_peer_dialer, NetworkFactory, PeerDialer, PEER_MESSAGE_BYTES_MAX,
+    peer_channel, peer_client, set_peer_dial_map, set_peer_dialer, NetworkFactory, PeerDialer,
+    PEER_MESSAGE_BYTES_MAX,
 };
 pub use rt::{seed_thread_rng, KeelRuntime};
 pub use state_machine::{Applier, StateMachine};
@@ -82,6 +83,36 @@ pub struct RaftStatus {
     pub members: Vec<MemberStatus>,
 }
 
+/// openraft's configuration for a keel member.
+fn openraft_config(cfg: &RaftConfig) -> Config {
+    Config {
+        cluster_name: "keel".into(),
+        heartbeat_interval: cfg.heartbeat_interval_ms,
+        election_timeout_min: cfg.election_timeout_ms,
+        election_timeout_max: cfg.election_timeout_ms * 2,
+        enable_pre_vote: Some(true),
+        // A restarted leader must win a new election (a new term) before it leads again.
+        // openraft's default lets it resume leading its old term at once. Its ReadIndex then
+        // rests on the committed index it last persisted, which keel saves without waiting
+        // (and apply commits without fsync): a stale linearizable read. Worse, entries are
+        // broadcast before the leader's own fsync, so a SIGKILL can cost it a log tail a
+        // follower already holds; resumed in the same term it writes different entries under
+        // the same (term, index), the follower keeps and applies its own, and the stores
+        // diverge. Found independently by the simulation (crates/sim/tests/sim, `mixed` seed 1,
+        // the `leader-restart` scenario) and the process nemesis (seed 1795445541639073596).
+        enable_leader_restore: Some(false),
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_every_entries),
+        // Keep some log behind a snapshot so a briefly lagging follower catches up from
+        // the log instead of a whole snapshot.
+        max_in_snapshot_log_to_keep: cfg.snapshot_every_entries.min(1000),
+        install_snapshot_timeout: 10_000,
+        // Replicate entries as soon as they are handed to the log store, so followers
+        // persist in parallel with the leader instead of after its fsync.
+        broadcast_submitted_on_append: Some(true),
+        ..Default::default()
+    }
+}
+
 /// keel's handle to one Raft group member; cheap to clone.
 #[derive(Clone)]
 pub struct KeelRaft {
@@ -106,32 +137,7 @@ impl KeelRaft {
     where
         LS: openraft::storage::RaftLogStorage<TypeConfig>,
     {
-        let config = Config {
-            cluster_name: "keel".into(),
-            heartbeat_interval: cfg.heartbeat_interval_ms,
-            election_timeout_min: cfg.election_timeout_ms,
-            election_timeout_max: cfg.election_timeout_ms * 2,
-            enable_pre_vote: Some(true),
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_every_entries),
-            // Keep some log behind a snapshot so a briefly lagging follower catches up from
-            // the log instead of a whole snapshot.
-            max_in_snapshot_log_to_keep: cfg.snapshot_every_entries.min(1000),
-            install_snapshot_timeout: 10_000,
-            // Replicate entries as soon as they are handed to the log store, so followers
-            // persist in parallel with the leader instead of after its fsync.
-            broadcast_submitted_on_append: Some(true),
-            // A restarted leader must win a new election before it leads again. openraft would
-            // otherwise restore it as leader at once, with its ReadIndex based on the committed
-            // index it last persisted; keel persists that without waiting (and commits apply
-            // batches without fsync), so the restored leader could hand out a read index below
-            // writes already acknowledged: a stale linearizable read. Worse, entries reach the
-            // followers before the leader's own fsync, so a crash can cost the leader a tail
-            // they hold; restored in the same term it would write other entries under the same
-            // (term, index), and the replicas diverge. Both found by the simulation
-            // (crates/sim/tests/sim, `mixed` seed 1 and the `leader-restart` scenario).
-            enable_leader_restore: Some(false),
-            ..Default::default()
-        };
+        let config = openraft_config(cfg);
         let config = Arc::new(config.validate().map_err(fatal)?);
         let sm = StateMachine::new(applier);
         let network = NetworkFactory {
@@ -322,4 +328,25 @@ fn forward(leader: Option<NodeId>, member: Option<Member>) -> RaftError {
 
 fn fatal(e: impl std::fmt::Display) -> RaftError {
     RaftError::Fatal(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: a restarted leader resumed its old term and reused (term, index) pairs
+    /// for new entries after losing an unflushed log tail, so stores diverged.
+    #[test]
+    fn restarted_leader_must_be_elected_again() {
+        let cfg = RaftConfig {
+            id: 1,
+            heartbeat_interval_ms: 100,
+            election_timeout_ms: 1000,
+            log_path: PathBuf::from("unused"),
+            snapshot_every_entries: 100,
+        };
+        let config = openraft_config(&cfg);
+        assert_eq!(config.enable_leader_restore, Some(false));
+        config.validate().expect("a valid openraft config");
+    }
 }

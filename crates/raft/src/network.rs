@@ -5,6 +5,7 @@
 //! Must never: retry on its own (openraft owns retries and backoff) or wait longer than the
 //! RPC's hard TTL.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io::Cursor;
 use std::sync::OnceLock;
@@ -66,9 +67,29 @@ pub fn set_peer_dialer(dialer: PeerDialer) -> bool {
 const PEER_KEEPALIVE: Duration = Duration::from_secs(1);
 const PEER_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Opens a lazily connecting gRPC channel to a peer URL such as `http://127.0.0.1:2380`.
+/// Fault-injection seam (process-level tests only): peer URL -> `host:port` to dial instead,
+/// so a test can route every link between two members through its own proxy. Set at most
+/// once per process, before any peer is dialled (`keel` sets it from `KEEL_PEER_DIAL_MAP`);
+/// unset, every peer is dialled at its own URL.
+static PEER_DIAL_MAP: OnceLock<HashMap<String, String>> = OnceLock::new();
+
+/// Installs the peer dial map; `Err` with the map if one was already installed.
+pub fn set_peer_dial_map(map: HashMap<String, String>) -> Result<(), HashMap<String, String>> {
+    PEER_DIAL_MAP.set(map)
+}
+
+/// The URL to dial for a peer URL: its entry in the dial map, or the URL itself.
+fn dial_url(url: &str) -> String {
+    PEER_DIAL_MAP
+        .get()
+        .and_then(|map| map.get(url.trim_end_matches('/')))
+        .map_or_else(|| url.to_string(), |addr| format!("http://{addr}"))
+}
+
+/// Opens a lazily connecting gRPC channel to a peer URL such as `http://127.0.0.1:2380`
+/// (or to the address the peer dial map names for it).
 pub fn peer_channel(url: &str) -> Result<Channel, tonic::transport::Error> {
-    let endpoint = Endpoint::from_shared(url.to_string())?
+    let endpoint = Endpoint::from_shared(dial_url(url))?
         .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(PEER_KEEPALIVE)

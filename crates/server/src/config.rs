@@ -3,6 +3,7 @@
 //! Owns: parsing and validating the member's configuration.
 //! Must never: start anything; `node.rs` does that from a validated `Config`.
 
+use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
@@ -107,6 +108,43 @@ pub fn url_to_addr(url: &str) -> Result<SocketAddr, ConfigError> {
         .map_err(|e| ConfigError(format!("{url}: {e}")))?
         .next()
         .ok_or_else(|| ConfigError(format!("{url}: resolves to no address")))
+}
+
+/// Environment variable of the peer dial map, a fault-injection seam for process-level tests.
+pub const PEER_DIAL_MAP_ENV: &str = "KEEL_PEER_DIAL_MAP";
+
+/// Parses `KEEL_PEER_DIAL_MAP` (see [`parse_peer_dial_map`]); empty when it is unset.
+pub fn peer_dial_map_from_env() -> Result<HashMap<String, String>, ConfigError> {
+    match std::env::var(PEER_DIAL_MAP_ENV) {
+        Ok(spec) => parse_peer_dial_map(&spec),
+        Err(std::env::VarError::NotPresent) => Ok(HashMap::new()),
+        Err(e) => Err(ConfigError(format!("{PEER_DIAL_MAP_ENV}: {e}"))),
+    }
+}
+
+/// Parses `peer-url=host:port,...`: dial `host:port` whenever this member contacts the peer
+/// whose URL is `peer-url`. Tests use it to send each link between two members through a
+/// proxy they control (to drop or delay it); production leaves it unset.
+pub fn parse_peer_dial_map(spec: &str) -> Result<HashMap<String, String>, ConfigError> {
+    let mut map = HashMap::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (url, addr) = part.split_once('=').ok_or_else(|| {
+            ConfigError(format!(
+                "{PEER_DIAL_MAP_ENV} entry {part:?} is not peer-url=host:port"
+            ))
+        })?;
+        url_to_addr(url)?;
+        addr.parse::<SocketAddr>().map_err(|e| {
+            ConfigError(format!("{PEER_DIAL_MAP_ENV} entry {part:?}: {addr:?}: {e}"))
+        })?;
+        let url = url.trim_end_matches('/').to_string();
+        if map.insert(url.clone(), addr.to_string()).is_some() {
+            return Err(ConfigError(format!(
+                "{PEER_DIAL_MAP_ENV} names {url} twice"
+            )));
+        }
+    }
+    Ok(map)
 }
 
 impl Config {
@@ -227,5 +265,24 @@ mod tests {
         assert!(c.validate().unwrap_err().0.contains("only http://"));
         let c = parse(&["--election-timeout", "100"]);
         assert!(c.validate().unwrap_err().0.contains("at least 5"));
+    }
+
+    #[test]
+    fn peer_dial_map_parses_and_rejects_bad_entries() {
+        let map = parse_peer_dial_map(
+            " http://127.0.0.1:2380/=127.0.0.1:4000 , http://127.0.0.1:2381=127.0.0.1:4001,",
+        )
+        .expect("valid map");
+        assert_eq!(map.len(), 2);
+        assert_eq!(map["http://127.0.0.1:2380"], "127.0.0.1:4000");
+        assert_eq!(map["http://127.0.0.1:2381"], "127.0.0.1:4001");
+        assert!(parse_peer_dial_map("").expect("empty").is_empty());
+        let err = |spec: &str| parse_peer_dial_map(spec).unwrap_err().0;
+        assert!(err("http://127.0.0.1:1").contains("not peer-url=host:port"));
+        assert!(err("https://127.0.0.1:1=127.0.0.1:2").contains("only http://"));
+        assert!(err("http://127.0.0.1:1=localhost").contains("\"localhost\""));
+        assert!(
+            err("http://127.0.0.1:1=127.0.0.1:2,http://127.0.0.1:1/=127.0.0.1:3").contains("twice")
+        );
     }
 }

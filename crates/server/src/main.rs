@@ -65,6 +65,16 @@ async fn main() -> std::process::ExitCode {
 
 async fn start(config: &Config) -> Result<Node, keel_server::StartError> {
     config.validate()?;
+    // Fault-injection seam for process-level tests; empty (a no-op) unless the env is set.
+    let dial_map = keel_server::config::peer_dial_map_from_env()?;
+    if !dial_map.is_empty() {
+        tracing::warn!(
+            ?dial_map,
+            "peer dial map active: peers are dialled at these addresses"
+        );
+        // This is the only place that installs the map, once per process.
+        let _ = keel_raft::set_peer_dial_map(dial_map);
+    }
     let listeners = Listeners::bind(config).await?;
     Node::start(config, listeners).await
 }
