@@ -768,7 +768,8 @@ fn write_group(
     Ok(())
 }
 
-fn bounds(range: &impl RangeBounds<u64>) -> (u64, u64) {
+/// Inclusive `(start, end)` of a range of log indexes; empty when `start > end`.
+pub(crate) fn bounds(range: &impl RangeBounds<u64>) -> (u64, u64) {
     let start = match range.start_bound() {
         Bound::Included(s) => *s,
         Bound::Excluded(s) => s.saturating_add(1),

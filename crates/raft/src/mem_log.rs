@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io;
-use std::ops::{Bound, RangeBounds};
+use std::ops::RangeBounds;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -22,6 +22,7 @@ use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::{LogState, RaftLogReader};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::log_store::bounds;
 use crate::types::{Entry, LogId, TypeConfig, Vote};
 
 /// How the simulated disk behaves.
@@ -179,22 +180,6 @@ async fn writer_task(disk: MemLogDisk, mut rx: mpsc::UnboundedReceiver<Queued>) 
             }
         }
     }
-}
-
-/// Inclusive `(start, end)` of a range of log indexes; empty when `start > end`.
-fn bounds(range: &impl RangeBounds<u64>) -> (u64, u64) {
-    let start = match range.start_bound() {
-        Bound::Included(s) => *s,
-        Bound::Excluded(s) => s.saturating_add(1),
-        Bound::Unbounded => 0,
-    };
-    let end = match range.end_bound() {
-        Bound::Included(e) => *e,
-        Bound::Excluded(0) => return (1, 0),
-        Bound::Excluded(e) => *e - 1,
-        Bound::Unbounded => u64::MAX,
-    };
-    (start, end)
 }
 
 impl RaftLogReader<TypeConfig> for MemLog {
