@@ -5,9 +5,6 @@ use clap::Parser;
 use keel_server::{Config, Listeners, Node};
 use tokio::signal::unix::{signal, SignalKind};
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KEEL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
