@@ -1071,11 +1071,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut first = LogStore::open(dir.path()).expect("open");
         append(&mut first, entries(1, 1..=2)).await;
+        // While the first store lives, its writer holds the directory lock.
+        let probe = File::open(dir.path().join("LOCK")).expect("lock file");
+        assert!(
+            matches!(probe.try_lock(), Err(fs::TryLockError::WouldBlock)),
+            "the log directory is not locked by its writer"
+        );
         let path = dir.path().to_path_buf();
         let second = std::thread::spawn(move || LogStore::open(&path).map(|_| ()));
-        // While the first store lives, the second open waits on the lock.
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        assert!(!second.is_finished(), "opened a log another writer holds");
         drop(first);
         second
             .join()

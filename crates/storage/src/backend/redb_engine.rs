@@ -219,11 +219,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("kv.redb");
         let first = RedbBackend::open(&path).expect("open");
+        // While the first handle lives, the file is locked.
+        assert!(matches!(
+            Database::create(&path),
+            Err(redb::DatabaseError::DatabaseAlreadyOpen)
+        ));
         let second_path = path.clone();
         let second = std::thread::spawn(move || RedbBackend::open(second_path).map(|_| ()));
-        // While the first handle lives, the second open keeps waiting on the file lock.
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        assert!(!second.is_finished(), "opened a file another handle holds");
         drop(first);
         second
             .join()
