@@ -348,6 +348,7 @@ async fn etcd_20221_future_watch_across_members() {
                 format!("{i}").as_bytes(),
                 rev(&resp),
             ));
+            // Write pacing, so progress requests land between writes; not a synchroniser.
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         events
