@@ -26,7 +26,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Debug;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -50,6 +50,8 @@ const GROUP_OPS_MAX: usize = 4096;
 /// Largest record payload accepted when reading back (a corrupt length must not allocate GiBs).
 const RECORD_BYTES_MAX: u32 = 1 << 30;
 const FRAME_HEADER: usize = 9;
+/// The writer keeps written zeros this far ahead of the log tail (see [`Tail`]).
+const ZERO_AHEAD_BYTES: u64 = 1 << 20;
 /// How long opening waits for the directory lock held by a writer that is shutting down.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 const RECORD_FORMAT: u8 = 1;
@@ -366,7 +368,7 @@ impl LogStore {
     pub fn open_with(dir: &Path, segment_bytes: u64) -> io::Result<Self> {
         fs::create_dir_all(dir)?;
         let lock = lock_dir(dir)?;
-        let (inner, file) = recover(dir, segment_bytes)?;
+        let (inner, tail) = recover(dir, segment_bytes)?;
         let (tx, rx) = mpsc::channel();
         let inner = Arc::new(Mutex::new(inner));
         let shared = inner.clone();
@@ -374,7 +376,7 @@ impl LogStore {
         thread::Builder::new()
             .name("keel-raft-log".into())
             .spawn(move || {
-                writer_loop(&dir, file, &shared, &rx);
+                writer_loop(&dir, tail, &shared, &rx);
                 // The directory stays locked until the writer is gone for good.
                 drop(lock);
             })?;
@@ -510,7 +512,7 @@ fn read_entry(file: &File, loc: Loc) -> io::Result<Entry> {
 }
 
 /// Replays every segment in `dir`; returns the state and the newest segment open for append.
-fn recover(dir: &Path, segment_bytes: u64) -> io::Result<(Inner, File)> {
+fn recover(dir: &Path, segment_bytes: u64) -> io::Result<(Inner, Tail)> {
     let mut segments: Vec<u64> = fs::read_dir(dir)?
         .filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().to_str().and_then(segment_id))
@@ -540,7 +542,8 @@ fn recover(dir: &Path, segment_bytes: u64) -> io::Result<(Inner, File)> {
         let path = dir.join(segment_name(id));
         let data = fs::read(&path)?;
         let valid = replay_segment(id, &data, &mut meta, &mut inner)?;
-        if valid < data.len() {
+        // Zeros after the last record are the writer's zeroed space ahead of the tail.
+        if data[valid..].iter().any(|b| *b != 0) {
             if Some(id) != newest {
                 return Err(invalid(format!(
                     "raft log: segment {} is damaged at offset {valid} and is not the newest",
@@ -577,9 +580,9 @@ fn recover(dir: &Path, segment_bytes: u64) -> io::Result<(Inner, File)> {
             )));
         }
     }
-    let mut file = match newest {
+    let file = match newest {
         Some(id) => OpenOptions::new()
-            .append(true)
+            .write(true)
             .open(dir.join(segment_name(id)))?,
         None => {
             inner.segment = 1;
@@ -587,6 +590,7 @@ fn recover(dir: &Path, segment_bytes: u64) -> io::Result<(Inner, File)> {
             create_segment(dir, 1)?
         }
     };
+    let mut tail = Tail::open(file, inner.segment_len)?;
     if inner.segment_len == 0 {
         // A fresh log, or a crash between creating a segment and writing its first record:
         // every segment must start with the state, so that older ones can be deleted.
@@ -596,12 +600,12 @@ fn recover(dir: &Path, segment_bytes: u64) -> io::Result<(Inner, File)> {
             &bincode::serialize(&meta).map_err(io_err)?,
             &mut bytes,
         );
-        file.write_all(&bytes)?;
-        file.sync_data()?;
+        tail.write(&bytes)?;
+        tail.file.sync_data()?;
         sync_dir(dir)?;
         inner.segment_len = bytes.len() as u64;
     }
-    Ok((inner, file))
+    Ok((inner, tail))
 }
 
 /// Applies one segment's records; returns the length of its undamaged prefix.
@@ -670,8 +674,45 @@ fn replay_segment(id: u64, data: &[u8], meta: &mut Meta, inner: &mut Inner) -> i
 fn create_segment(dir: &Path, id: u64) -> io::Result<File> {
     OpenOptions::new()
         .create_new(true)
-        .append(true)
+        .write(true)
         .open(dir.join(segment_name(id)))
+}
+
+/// The segment being written. Records go at `pos`; the file already holds written zeros up to
+/// `zeroed`, which the writer keeps up to [`ZERO_AHEAD_BYTES`] ahead of `pos`. Overwriting
+/// blocks that exist leaves the file's size and block map alone, so `fdatasync` writes the
+/// data and flushes the disk cache; growing the file would add a synchronous inode write to
+/// every `fdatasync` (ext4 without a journal writes the inode block and waits for it). Replay
+/// reads zeros after the last record as the end of the segment.
+struct Tail {
+    file: File,
+    pos: u64,
+    zeroed: u64,
+}
+
+impl Tail {
+    fn open(file: File, pos: u64) -> io::Result<Self> {
+        let len = file.metadata()?.len();
+        Ok(Self {
+            file,
+            pos,
+            zeroed: len.max(pos),
+        })
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file.write_all_at(bytes, self.pos)?;
+        self.pos += bytes.len() as u64;
+        if self.pos > self.zeroed.saturating_sub(ZERO_AHEAD_BYTES / 2) {
+            let from = self.zeroed.max(self.pos);
+            let to = (self.pos + ZERO_AHEAD_BYTES).next_multiple_of(ZERO_AHEAD_BYTES);
+            self.file
+                .write_all_at(&vec![0; (to - from) as usize], from)?;
+            self.zeroed = to;
+        }
+        Ok(())
+    }
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -679,7 +720,7 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// Drains every queued operation, writes them, fsyncs once, then reports completion.
-fn writer_loop(dir: &Path, mut file: File, inner: &Mutex<Inner>, rx: &mpsc::Receiver<Op>) {
+fn writer_loop(dir: &Path, mut tail: Tail, inner: &Mutex<Inner>, rx: &mpsc::Receiver<Op>) {
     while let Ok(first) = rx.recv() {
         let mut ops = vec![first];
         while ops.len() < GROUP_OPS_MAX {
@@ -690,7 +731,7 @@ fn writer_loop(dir: &Path, mut file: File, inner: &Mutex<Inner>, rx: &mpsc::Rece
         }
         let mut deletes = Vec::new();
         let mut last_seq = 0;
-        let result = write_group(dir, &mut file, &mut ops, &mut deletes, &mut last_seq);
+        let result = write_group(dir, &mut tail, &mut ops, &mut deletes, &mut last_seq);
         if let Err(e) = &result {
             // fsync failures are not retryable: report them and stop writing for good.
             tracing::error!(error = %e, "raft log write failed; this member stops");
@@ -731,7 +772,7 @@ fn writer_loop(dir: &Path, mut file: File, inner: &Mutex<Inner>, rx: &mpsc::Rece
 
 fn write_group(
     dir: &Path,
-    file: &mut File,
+    tail: &mut Tail,
     ops: &mut [Op],
     deletes: &mut Vec<u64>,
     last_seq: &mut u64,
@@ -746,12 +787,12 @@ fn write_group(
     for op in ops.iter_mut() {
         match op {
             Op::Write { seq, bytes, .. } => {
-                file.write_all(bytes)?;
+                tail.write(bytes)?;
                 *last_seq = *seq;
             }
             Op::Rotate { segment } => {
-                file.sync_data()?;
-                *file = create_segment(dir, *segment)?;
+                tail.file.sync_data()?;
+                *tail = Tail::open(create_segment(dir, *segment)?, 0)?;
                 new_dir_entry = true;
             }
             Op::Delete { segments } => deletes.append(segments),
@@ -759,7 +800,7 @@ fn write_group(
     }
     crate::crash_point!("wal::before_fsync");
     if needs_sync {
-        file.sync_data()?;
+        tail.file.sync_data()?;
     }
     crate::crash_point!("wal::after_fsync");
     if new_dir_entry {
@@ -939,6 +980,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 mod tests {
     use openraft::rt::Oneshot;
     use openraft::vote::RaftLeaderIdExt;
+
+    use std::os::unix::fs::FileExt;
 
     use super::*;
 
@@ -1138,6 +1181,38 @@ mod tests {
         assert_eq!(state.last_purged_log_id, Some(log_id(2, 50)));
     }
 
+    /// Where the last whole record of a segment ends (zeros may follow).
+    fn records_end(bytes: &[u8]) -> usize {
+        let mut at = 0;
+        while let Parsed::Record { payload, .. } = parse(&bytes[at..]) {
+            at += FRAME_HEADER + payload.len();
+        }
+        at
+    }
+
+    #[tokio::test]
+    async fn appends_overwrite_zeros_written_ahead_so_the_file_size_stays_put() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = {
+            let mut store = LogStore::open(dir.path()).expect("open");
+            append(&mut store, entries(1, 1..=4)).await;
+            newest_segment(dir.path())
+        };
+        let size = fs::metadata(&path).expect("meta").len();
+        let end = records_end(&fs::read(&path).expect("read"));
+        assert!(size >= end as u64 + ZERO_AHEAD_BYTES / 2, "{size} {end}");
+        assert_eq!(size % ZERO_AHEAD_BYTES, 0);
+        let mut store = LogStore::open(dir.path()).expect("reopen");
+        append(&mut store, entries(1, 5..=40)).await;
+        barrier(&mut store, 3).await;
+        drop(store);
+        let bytes = fs::read(&path).expect("read");
+        assert!(records_end(&bytes) > end);
+        assert_eq!(bytes.len() as u64, size, "the appends grew the file");
+        let mut store = LogStore::open(dir.path()).expect("reopen");
+        assert_eq!(all(&mut store).await.len(), 40);
+    }
+
     #[tokio::test]
     async fn a_torn_tail_is_cut_off_and_the_log_goes_on() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -1146,25 +1221,25 @@ mod tests {
             append(&mut store, entries(1, 1..=4)).await;
         }
         let path = newest_segment(dir.path());
-        let whole = fs::metadata(&path).expect("meta").len();
+        let whole = records_end(&fs::read(&path).expect("read"));
         // An unacknowledged record cut short: a header announcing more bytes than follow.
         let mut torn = Vec::new();
         frame(KIND_ENTRY, &[1u8; 64], &mut torn);
         torn.truncate(30);
         OpenOptions::new()
-            .append(true)
+            .write(true)
             .open(&path)
-            .and_then(|mut f| f.write_all(&torn))
+            .and_then(|f| f.write_all_at(&torn, whole as u64))
             .expect("tear");
         {
             let mut store = LogStore::open(dir.path()).expect("reopen after a torn write");
-            assert_eq!(fs::metadata(&path).expect("meta").len(), whole);
+            assert_eq!(fs::metadata(&path).expect("meta").len(), whole as u64);
             assert_eq!(all(&mut store).await.len(), 4);
             append(&mut store, entries(1, 5..=6)).await;
         }
         // A whole last record with a bad checksum followed by zeros is a torn write too.
         let mut bytes = fs::read(&path).expect("read");
-        let at = bytes.len() - 3;
+        let at = records_end(&bytes) - 3;
         bytes[at] ^= 0x40;
         bytes.extend_from_slice(&[0u8; 100]);
         fs::write(&path, &bytes).expect("write");
@@ -1197,7 +1272,7 @@ mod tests {
         // A damaged tail in an older segment is not a torn write either.
         let oldest = dir.path().join(segment_name(segments(dir.path())[0]));
         let mut bytes = fs::read(&oldest).expect("read");
-        let last = bytes.len() - 1;
+        let last = records_end(&bytes) - 1;
         bytes[last] ^= 0x01;
         fs::write(&oldest, &bytes).expect("write");
         let err = LogStore::open_with(dir.path(), 1024)

@@ -3,7 +3,9 @@
 //! Owns: the serialization of openraft's RPCs (bincode inside `keelpb.RaftMessage`), the client
 //! side (`RaftNetworkV2`) and the server-side dispatch into the local `Raft`.
 //! Must never: retry on its own (openraft owns retries and backoff) or wait longer than the
-//! RPC's hard TTL.
+//! RPC's hard TTL for an answer to a unary RPC. The replication stream has no per-answer
+//! deadline: a follower that is alive but slow only delays its own answers, and one that stops
+//! answering at all loses its connection to the HTTP/2 keepalive, which ends the stream.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -11,13 +13,15 @@ use std::io::Cursor;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use futures::{Stream, StreamExt};
 use keel_api::keelpb::peer_client::PeerClient;
 use keel_api::keelpb::RaftMessage;
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::errors::{RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::RPCOption;
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
-    TransferLeaderResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult,
+    TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::{RaftNetworkFactory, RaftNetworkV2};
 use serde::de::DeserializeOwned;
@@ -227,6 +231,68 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
         self.call(Kind::Append, &rpc, ttl).await
     }
 
+    /// Replication over one `AppendStream` call: openraft's request stream is pulled as fast as
+    /// the connection takes it (pipelining; the follower answers in order), so a new entry
+    /// never waits for the answer to the previous append, and each append costs one HTTP/2
+    /// data frame instead of a new call. Heartbeats come through here too, as one-request
+    /// streams.
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, Rpc<BoxStream<'s, Rpc<StreamAppendResult<TypeConfig>>>>>
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+    {
+        let target = self.target;
+        let setup = option.hard_ttl().max(self.append_timeout);
+        let client = self.client.clone();
+        Box::pin(async move {
+            let Some(mut client) = client else {
+                return Err(unreachable(format!(
+                    "member {target:x} has no usable peer URL"
+                )));
+            };
+            // openraft sleeps its replication backoff while producing a request, so the first
+            // one is taken before connecting: a peer that refuses connections is then retried
+            // at the backoff's pace, not in a tight reconnect loop (found by the simulation:
+            // a crashed member's ephemeral ports ran out).
+            let mut input = input;
+            let Some(first) = input.next().await else {
+                return Ok(Box::pin(futures::stream::empty()) as BoxStream<'s, _>);
+            };
+            // bincode cannot fail on these types; an empty payload would be refused by the
+            // follower's decoder, which ends the stream.
+            let requests = futures::stream::once(async { first })
+                .chain(input)
+                .map(|req| RaftMessage {
+                    payload: encode(&req).unwrap_or_default(),
+                });
+            let answers = match tokio::time::timeout(setup, client.append_stream(requests)).await {
+                Err(_) => {
+                    return Err(unreachable(format!(
+                        "member {target:x}: append stream not opened within {setup:?}"
+                    )))
+                }
+                Ok(Err(status)) => {
+                    return Err(unreachable(format!(
+                        "member {target:x}: {}",
+                        status.message()
+                    )))
+                }
+                Ok(Ok(answers)) => answers.into_inner(),
+            };
+            let answers = answers.map(move |answer| match answer {
+                Ok(msg) => decode(&msg.payload).map_err(unreachable),
+                Err(status) => Err(unreachable(format!(
+                    "member {target:x}: {}",
+                    status.message()
+                ))),
+            });
+            Ok(Box::pin(answers) as BoxStream<'s, _>)
+        })
+    }
+
     async fn vote(
         &mut self,
         rpc: VoteRequest<TypeConfig>,
@@ -297,6 +363,32 @@ impl KeelRaft {
     pub async fn handle_append(&self, payload: &[u8]) -> Result<Vec<u8>, tonic::Status> {
         let req: AppendEntriesRequest<TypeConfig> = decode(payload)?;
         encode(&self.raft.append_entries(req).await.map_err(raft_status)?)
+    }
+
+    /// Serves one `AppendStream` call: every decoded request goes to the local Raft in order,
+    /// and its answers come back in the same order. A request that does not decode ends the
+    /// input (the leader sees the stream end with that request unanswered and resends it).
+    pub fn handle_append_stream(
+        &self,
+        input: impl Stream<Item = Result<Vec<u8>, tonic::Status>> + Send + 'static,
+    ) -> BoxStream<'static, Result<Vec<u8>, tonic::Status>> {
+        let id = self.id();
+        let requests = input.scan((), move |_, item| {
+            let req = item.ok().and_then(|bytes| {
+                decode::<AppendEntriesRequest<TypeConfig>>(&bytes)
+                    .inspect_err(|e| tracing::warn!(member = id, "append stream: {e}"))
+                    .ok()
+            });
+            std::future::ready(req)
+        });
+        Box::pin(
+            self.raft
+                .stream_append(requests)
+                .map(|answer| match answer {
+                    Ok(result) => encode(&result),
+                    Err(fatal) => Err(raft_status(fatal)),
+                }),
+        )
     }
 
     pub async fn handle_vote(&self, payload: &[u8]) -> Result<Vec<u8>, tonic::Status> {

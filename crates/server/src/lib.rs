@@ -8,6 +8,7 @@
 pub mod apply;
 pub mod cluster;
 pub mod config;
+pub mod forward;
 pub mod grpc;
 pub mod lease;
 pub mod lock;

@@ -25,6 +25,8 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
+use crate::forward::Forwarder;
+
 /// The Raft group every command belongs to (one group until scale-out).
 pub const GROUP_ID: u64 = 0;
 /// Pauses between attempts to reach a leader that has just changed.
@@ -52,6 +54,7 @@ pub struct Proposer {
     leader_wait: Duration,
     request_seq: AtomicU64,
     peers: Mutex<HashMap<NodeId, Channel>>,
+    forwarder: Forwarder,
     reads: ReadBatcher,
 }
 
@@ -62,6 +65,7 @@ impl Proposer {
             leader_wait: election_timeout * 3,
             request_seq: AtomicU64::new(1),
             peers: Mutex::new(HashMap::new()),
+            forwarder: Forwarder::default(),
             reads: ReadBatcher::default(),
         })
     }
@@ -110,10 +114,7 @@ impl Proposer {
         let bytes = self
             .on_leader(
                 || self.raft.write(payload.clone()),
-                |mut leader| {
-                    let forward = forward.clone();
-                    async move { Ok(leader.forward(forward).await?.into_inner().response) }
-                },
+                |id, leader| self.forwarder.forward(id, leader, forward.clone()),
             )
             .await?;
         match bytes {
@@ -130,7 +131,7 @@ impl Proposer {
     async fn on_leader<T, U, LF, RF>(
         &self,
         local: impl Fn() -> LF,
-        remote: impl Fn(PeerClient<Channel>) -> RF,
+        remote: impl Fn(NodeId, PeerClient<Channel>) -> RF,
     ) -> Result<Routed<T, U>, EtcdError>
     where
         LF: Future<Output = Result<T, RaftError>>,
@@ -143,7 +144,7 @@ impl Proposer {
             let gave_up = match local().await {
                 Ok(value) => return Ok(Routed::Local(value)),
                 Err(RaftError::ForwardTo { leader, member }) => {
-                    match remote(peer_client(self.peer(leader, &member)?)).await {
+                    match remote(leader, peer_client(self.peer(leader, &member)?)).await {
                         Ok(value) => return Ok(Routed::Remote(value)),
                         Err(s) if not_delivered(&s) => status_to_error(&s),
                         Err(s) => return Err(status_to_error(&s)),
@@ -193,7 +194,7 @@ impl Proposer {
         let routed = self
             .on_leader(
                 || self.raft.read_index(),
-                |mut leader| async move {
+                |_, mut leader| async move {
                     Ok(leader
                         .read_index(ReadIndexRequest { group_id: GROUP_ID })
                         .await?

@@ -138,6 +138,15 @@ pub trait Backend: Send + Sync {
 
     /// Bytes the engine occupies (file size for redb; approximate in memory).
     fn size_bytes(&self) -> Result<u64>;
+
+    /// Writes what earlier commits left in the OS page cache to the disk, without holding up
+    /// the writer, so that the next durable commit (which holds the write transaction through
+    /// its fsync) has little left to flush. Only a head start: durability still comes from the
+    /// durable commit, which reports any write error itself. Engines without a file do
+    /// nothing.
+    fn flush_ahead(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// True when no key can satisfy `bounds` (engines must not be asked for such ranges:

@@ -3,8 +3,10 @@
 //! Owns: the server side of member-to-member traffic.
 //! Must never: forward a forwarded write again (the leader proposes it or says "not leader").
 
+use std::pin::Pin;
 use std::sync::Arc;
 
+use futures::{Stream, StreamExt};
 use keel_api::etcdserverpb::{
     LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
@@ -12,7 +14,7 @@ use keel_api::keelpb::peer_server::Peer;
 use keel_api::keelpb::{
     ForwardRequest, ForwardResponse, RaftMessage, ReadIndexRequest, ReadIndexResponse,
 };
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::server::Server;
 
@@ -21,6 +23,7 @@ pub struct PeerService {
 }
 
 type Reply<T> = Result<Response<T>, Status>;
+type RaftStream = Pin<Box<dyn Stream<Item = Result<RaftMessage, Status>> + Send + 'static>>;
 
 fn raft_reply(payload: Result<Vec<u8>, Status>) -> Reply<RaftMessage> {
     Ok(Response::new(RaftMessage { payload: payload? }))
@@ -35,6 +38,19 @@ impl Peer for PeerService {
                 .handle_append(&request.into_inner().payload)
                 .await,
         )
+    }
+
+    type AppendStreamStream = RaftStream;
+
+    async fn append_stream(
+        &self,
+        request: Request<Streaming<RaftMessage>>,
+    ) -> Reply<Self::AppendStreamStream> {
+        let input = request.into_inner().map(|msg| msg.map(|m| m.payload));
+        let answers = self.server.raft.handle_append_stream(input);
+        Ok(Response::new(Box::pin(answers.map(|payload| {
+            payload.map(|payload| RaftMessage { payload })
+        }))))
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Reply<RaftMessage> {
@@ -64,15 +80,16 @@ impl Peer for PeerService {
         )
     }
 
-    async fn forward(&self, request: Request<ForwardRequest>) -> Reply<ForwardResponse> {
-        let req = request
-            .into_inner()
-            .request
-            .ok_or_else(|| Status::invalid_argument("forward without request"))?;
-        let response = self.server.proposer.propose_local(req).await?;
-        Ok(Response::new(ForwardResponse {
-            response: Some(response),
-        }))
+    type ForwardStream = Pin<Box<dyn Stream<Item = Result<ForwardResponse, Status>> + Send>>;
+
+    async fn forward(
+        &self,
+        request: Request<Streaming<ForwardRequest>>,
+    ) -> Reply<Self::ForwardStream> {
+        Ok(Response::new(crate::forward::serve(
+            self.server.proposer.clone(),
+            request.into_inner(),
+        )))
     }
 
     async fn lease_keep_alive(

@@ -106,6 +106,10 @@ impl Backend for CheckedBackend {
     fn size_bytes(&self) -> Result<u64> {
         self.inner.size_bytes()
     }
+
+    fn flush_ahead(&self) -> Result<()> {
+        self.inner.flush_ahead()
+    }
 }
 
 struct CheckedRead {

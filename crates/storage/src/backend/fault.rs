@@ -172,6 +172,10 @@ impl Backend for FaultyBackend {
     fn size_bytes(&self) -> Result<u64> {
         self.inner.size_bytes()
     }
+
+    fn flush_ahead(&self) -> Result<()> {
+        self.inner.flush_ahead()
+    }
 }
 
 /// The bytes a faulty read returns instead of `stored`, or `None` to return them as they are.

@@ -84,6 +84,12 @@ impl Backend for RedbBackend {
     fn size_bytes(&self) -> Result<u64> {
         Ok(std::fs::metadata(&self.path)?.len())
     }
+
+    fn flush_ahead(&self) -> Result<()> {
+        // fdatasync through a second descriptor flushes the file's dirty pages like redb's own.
+        std::fs::File::open(&self.path)?.sync_data()?;
+        Ok(())
+    }
 }
 
 struct RedbRead {

@@ -175,6 +175,8 @@ impl Store {
 
     /// Makes every earlier non-durable commit durable (an empty durable commit).
     pub fn sync(&self) -> Result<()> {
+        // Most of the flush happens here, while apply keeps committing.
+        self.backend.flush_ahead()?;
         self.backend.begin_write()?.commit(true)
     }
 
