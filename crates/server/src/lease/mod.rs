@@ -114,11 +114,17 @@ impl Leases {
     }
 
     /// Renews on this member, which must lead (a peer forwarded the keepalive here).
+    ///
+    /// Leadership is confirmed with a quorum (a ReadIndex round) before the renewal: a
+    /// leader cut off from its peers keeps its leader state in openraft and would otherwise
+    /// go on renewing a lease that the majority side's new leader lets expire, telling the
+    /// client it still holds it (found by `stale_leader_leases.rs`).
     pub async fn keep_alive_local(
         &self,
         server: &Server,
         id: i64,
     ) -> Result<LeaseKeepAliveResponse, EtcdError> {
+        server.proposer.read_barrier().await?;
         if !self.await_primary(server).await {
             return Err(EtcdError::NotLeader);
         }
@@ -289,7 +295,7 @@ impl Leases {
     /// stopped (SIGSTOP, a frozen VM) wakes up with its clock far ahead and, until it notices
     /// the new term, finds leases expired that clients kept alive through the new leader
     /// meanwhile. Forwarded, such a revoke would be committed by the new leader (found by
-    /// `clock_jump.rs`; etcd 15247 is the same failure). Proposed locally, it is appended in
+    /// `stale_leader_leases.rs`; etcd 15247 is the same failure). Proposed locally, it is appended in
     /// the old term and can never commit, because a quorum has moved on.
     async fn propose_as_leader(server: &Server, cmd: Command) -> Result<(), EtcdError> {
         let req = InternalRequest {

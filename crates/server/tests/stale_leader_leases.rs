@@ -1,18 +1,22 @@
-//! A member whose monotonic clock jumps forward. keel reads no wall clock for a correctness
-//! decision (docs/robustness.md, "Clocks"): lease expiry, elections and request deadlines all
-//! run on the monotonic clock. What a member can still see is that clock leaping ahead: a
-//! process stopped (SIGSTOP, a frozen VM, a long GC-like stall) and resumed finds every timer
-//! overdue at once. The dangerous case is the leader: when it resumes, its lessor sees leases
-//! "expired" that clients kept alive through the new leader meanwhile, and must not revoke
-//! them; and leases nobody kept alive must still go away.
+//! Leases when the leader no longer leads but does not know it yet. keel reads no wall clock
+//! for a correctness decision (docs/robustness.md, "Clocks"): lease expiry, elections and
+//! request deadlines all run on the monotonic clock. What a member can still see is that clock
+//! leaping ahead: a process stopped (SIGSTOP, a frozen VM, a long stall) and resumed finds
+//! every timer overdue at once. Its lessor then sees leases "expired" that clients kept alive
+//! through the new leader meanwhile, and must not revoke them (etcd 15247). The other stale
+//! leader is one cut off from its peers: it must stop renewing leases that the majority side
+//! will expire, or a client believes in a lease that is gone.
 //!
-//! Three real `keel` processes. Lease A (TTL 5 s) is kept alive every 300 ms through the
-//! followers; lease B (TTL 5 s) is never kept alive. The leader is stopped for 7 s (longer
-//! than both TTLs and the election timeout) and resumed; keep-alives of A go on for a while,
-//! then stop. Every grant, keep-alive, attach and linearizable read of the two keys is
-//! recorded with its call and return time and judged by keel-sim's lease validator: A's key
-//! never gone before A could have expired, B's key and (after the keep-alives stop) A's gone
-//! within the bound.
+//! Three real `keel` processes; every grant, keep-alive, attach and linearizable read of the
+//! leased keys is recorded with its call and return time and judged by keel-sim's lease
+//! validator: no key gone before its lease could have expired, none kept after the lease
+//! must have expired, no keep-alive succeeding for a lease that is gone.
+//! - `leader_stopped_past_a_lease_ttl_revokes_nothing_on_resume`: lease A (TTL 5 s) is kept
+//!   alive every 300 ms through the followers; lease B (TTL 5 s) is never kept alive. The
+//!   leader is stopped for 7 s (longer than both TTLs and the election timeout) and resumed;
+//!   keep-alives of A go on for a while, then stop.
+//! - `leader_cut_off_stops_renewing_leases`: lease A (TTL 5 s) is kept alive only through
+//!   the leader, whose peer links are then cut for 12 s while the keep-alives go on.
 
 mod common;
 // The process harness (real `keel` processes, SIGSTOP/SIGCONT); this binary uses a part.
@@ -38,6 +42,8 @@ const ROUND: Duration = Duration::from_millis(300);
 const CALL_TIMEOUT: Duration = Duration::from_secs(1);
 /// Keep-alives of A go on this long after the leader resumed.
 const AFTER_RESUME: Duration = Duration::from_secs(3);
+/// How long the leader is cut off from its peers: longer than TTL + election + grace.
+const CUT: Duration = Duration::from_secs(12);
 /// Longest wait for both keys to go once nothing keeps them alive.
 const EXPIRY_WAIT: Duration = Duration::from_secs(20);
 
@@ -168,17 +174,15 @@ async fn leader_stopped_past_a_lease_ttl_revokes_nothing_on_resume() {
         rec.keep_alive(&mut leases[via], a).await;
         rec.read_key(&mut kvs[via], "clock/a").await;
         rec.read_key(&mut kvs[via], "clock/b").await;
-        if new_leader_seen_ns.is_none() {
-            let status = cluster.status(followers[via]).await;
-            let named = status.and_then(|s| cluster.index_of(s.leader));
-            if named.is_some_and(|l| l != leader) {
-                let at_ns = rec.ns();
-                new_leader_seen_ns = Some(at_ns);
-                rec.observations
-                    .push(LeaseObservation::LeaderChange { at_ns });
-                tracing::info!(?named, "a new leader took over");
-            }
-        }
+        let follower = followers[via];
+        note_new_leader(
+            &mut rec,
+            &cluster,
+            follower,
+            leader,
+            &mut new_leader_seen_ns,
+        )
+        .await;
         if !resumed && Instant::now() >= resume_at {
             tracing::info!("--- phase 3: resume m{leader}: its clock jumps {PAUSE:?} ahead");
             cluster.resume(leader);
@@ -191,35 +195,50 @@ async fn leader_stopped_past_a_lease_ttl_revokes_nothing_on_resume() {
     let new_leader_seen_ns = new_leader_seen_ns.expect("no new leader while the old one stopped");
 
     tracing::info!("--- phase 4: A's keep-alives stop; both keys must go");
+    wait_gone(&mut rec, &mut kvs, &["clock/a", "clock/b"]).await;
+    validate(&rec, new_leader_seen_ns - paused_at_ns);
+    let log = cluster.log_tail(leader, 64 * 1024 * 1024);
+    assert!(
+        !log.contains(" ERROR "),
+        "the resumed leader logged errors:\n{}",
+        cluster.error_lines()
+    );
+}
+
+/// Reads `keys` (through `kvs` in turn) until every one is gone; panics after `EXPIRY_WAIT`.
+async fn wait_gone(rec: &mut Recorder, kvs: &mut [KvClient<Channel>], keys: &[&str]) {
     let deadline = Instant::now() + EXPIRY_WAIT;
-    let mut gone = [false, false];
-    while !(gone[0] && gone[1]) {
+    let mut gone = vec![false; keys.len()];
+    let mut round = 0;
+    while !gone.iter().all(|g| *g) {
         assert!(
             Instant::now() < deadline,
-            "leased keys still there {EXPIRY_WAIT:?} after the keep-alives stopped: {gone:?}"
+            "leased keys still there {EXPIRY_WAIT:?} after the keep-alives stopped: {keys:?} {gone:?}"
         );
-        let via = round % followers.len();
+        let via = round % kvs.len();
         round += 1;
-        for (i, key) in ["clock/a", "clock/b"].into_iter().enumerate() {
+        for (i, key) in keys.iter().enumerate() {
             if rec.read_key(&mut kvs[via], key).await == Some(false) {
                 gone[i] = true;
             }
         }
+        // The recorder's cadence (not a synchroniser: every outcome is judged afterwards).
         tokio::time::sleep(ROUND).await;
     }
+}
 
-    // The new leader restarts each lease's clock from its last checkpointed remaining TTL
-    // plus an election timeout (etcd's rule), so across the leader change a key may outlive
-    // its TTL by the time the election took, the checkpoint interval (1 s) and the
-    // extension (1 s), on top of the usual grace.
-    let election_ns = new_leader_seen_ns - paused_at_ns;
+/// Runs the lease validator over everything recorded. `election_ns`: how long the leader
+/// change took as the recorder saw it. The new leader restarts each lease's clock from its
+/// last checkpointed remaining TTL plus an election timeout (etcd's rule), so across the
+/// change a key may outlive its TTL by the election, the checkpoint interval (1 s) and the
+/// extension (1 s), on top of the usual grace.
+fn validate(rec: &Recorder, election_ns: u64) {
     let defaults = LeaseBounds::default();
     let bounds = LeaseBounds {
         expiry_grace_ns: defaults.expiry_grace_ns + election_ns + 2_000_000_000,
         request_max_ns: CALL_TIMEOUT.as_nanos() as u64,
         ..defaults
     };
-    let observations = rec.observations.len();
     if let Err(v) = validate_leases(&rec.observations, &bounds) {
         for (i, o) in rec.observations.iter().enumerate() {
             let involved = if v.observations.contains(&i) {
@@ -232,14 +251,83 @@ async fn leader_stopped_past_a_lease_ttl_revokes_nothing_on_resume() {
         panic!("{v}");
     }
     tracing::info!(
-        observations,
+        observations = rec.observations.len(),
         election_ms = election_ns / 1_000_000,
         "leases valid"
     );
-    let log = cluster.log_tail(leader, 64 * 1024 * 1024);
-    assert!(
-        !log.contains(" ERROR "),
-        "the resumed leader logged errors:\n{}",
-        cluster.error_lines()
-    );
+}
+
+/// Records a `LeaderChange` the first time member `via` names a leader other than `old`.
+async fn note_new_leader(
+    rec: &mut Recorder,
+    cluster: &ProcCluster,
+    via: usize,
+    old: usize,
+    seen: &mut Option<u64>,
+) {
+    if seen.is_some() {
+        return;
+    }
+    let status = cluster.status(via).await;
+    let named = status.and_then(|s| cluster.index_of(s.leader));
+    if named.is_some_and(|l| l != old) {
+        let at_ns = rec.ns();
+        *seen = Some(at_ns);
+        rec.observations
+            .push(LeaseObservation::LeaderChange { at_ns });
+        tracing::info!(?named, "a new leader took over");
+    }
+}
+
+/// A leader cut off from its peers keeps its `Leader` state in openraft (it only stops
+/// accepting proposals once its quorum lease runs out) while the others elect a new leader.
+/// A client that keeps its lease alive through it must stop being told the lease lives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_cut_off_stops_renewing_leases() {
+    init_tracing();
+    let mut cluster = ProcCluster::start(3).await;
+    let leader = cluster.wait_for_leader(LEADER_WAIT).await;
+    let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let mut lc = lease_client(&cluster, leader);
+    let mut kvs: Vec<_> = followers.iter().map(|&i| cluster.kv(i)).collect();
+    let mut rec = Recorder {
+        origin: Instant::now(),
+        observations: Vec::new(),
+    };
+
+    tracing::info!("--- phase 1: lease A with a key, through leader m{leader}");
+    let a = rec.grant(&mut lc).await;
+    rec.attach(&mut cluster.kv(leader), a, "cut/a").await;
+    rec.keep_alive(&mut lc, a).await;
+
+    tracing::info!("--- phase 2: cut m{leader} off for {CUT:?}; keep A alive through it only");
+    cluster.isolate(leader);
+    let cut_at_ns = rec.ns();
+    let mut new_leader_seen_ns = None;
+    let heal_at = Instant::now() + CUT;
+    let mut round = 0usize;
+    while Instant::now() < heal_at {
+        let via = round % followers.len();
+        round += 1;
+        rec.keep_alive(&mut lc, a).await;
+        rec.read_key(&mut kvs[via], "cut/a").await;
+        let follower = followers[via];
+        note_new_leader(
+            &mut rec,
+            &cluster,
+            follower,
+            leader,
+            &mut new_leader_seen_ns,
+        )
+        .await;
+        // The recorder's cadence (not a synchroniser: every outcome is judged afterwards).
+        tokio::time::sleep(ROUND).await;
+    }
+    let new_leader_seen_ns =
+        new_leader_seen_ns.expect("no new leader while the old one was cut off");
+
+    tracing::info!("--- phase 3: heal; A's keep-alives stop; its key must go");
+    cluster.heal().await;
+    wait_gone(&mut rec, &mut kvs, &["cut/a"]).await;
+    validate(&rec, new_leader_seen_ns - cut_at_ns);
 }
