@@ -12,6 +12,7 @@ mod process;
 
 use std::time::{Duration, Instant};
 
+use common::exact_writer::ExactWriter;
 use common::watch_streams::{open_stream, spawn_reader, wait_watchers, Demux};
 use common::*;
 use keel_api::etcdserverpb::kv_client::KvClient;

@@ -26,8 +26,9 @@ use std::time::Duration;
 
 use std::sync::Mutex;
 
+use common::exact_writer::ExactWriter;
 use common::watch_streams::{open_stream, spawn_reader, wait_watchers, Collected};
-use common::{eventually, init_tracing, pairs, range_req, ExactWriter};
+use common::{eventually, init_tracing, pairs, range_req};
 use keel_api::etcdserverpb::kv_client::KvClient;
 use keel_api::etcdserverpb::maintenance_client::MaintenanceClient;
 use keel_api::etcdserverpb::{
