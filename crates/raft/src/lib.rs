@@ -256,6 +256,13 @@ impl KeelRaft {
     }
 
     /// Whether this member leads, and the leader it knows of (cheap).
+    /// The term this member leads in, if it believes it is the leader.
+    pub fn leader_term(&self) -> Option<u64> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        (m.state == ServerState::Leader).then_some(m.current_term)
+    }
+
     pub fn leadership(&self) -> (bool, Option<NodeId>) {
         let metrics = self.raft.metrics();
         let m = metrics.borrow_watched();

@@ -5,7 +5,9 @@
 //! member's view: appends, truncations, purges and state saves are readable at once but only
 //! reach the disk when a simulated fsync completes, `fsync_delay` after the writer task picks
 //! them up (group commit, in order, like the real log). A crash drops the writer task and with
-//! it everything not yet on the disk, so a crash loses exactly the unsynced tail.
+//! it everything not yet on the disk, so a crash loses exactly the unsynced tail. The
+//! simulation's disk faults slow every fsync down or make the next one fail (which stops the
+//! log, as a failed fsync must).
 //! Must never: report an append as flushed before its fsync (unless the planted bug
 //! `ack_before_fsync` is switched on to prove the simulation catches it), use threads, real
 //! files or the wall clock (time is tokio's, which the simulation drives).
@@ -14,6 +16,7 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io;
 use std::ops::RangeBounds;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -73,12 +76,24 @@ impl Durable {
     }
 }
 
+/// Disk faults a simulation switches on and off while the member runs.
+#[derive(Debug, Default)]
+struct DiskFaults {
+    /// Added to every fsync (a slow or overloaded disk).
+    extra_fsync_ms: AtomicU64,
+    /// The next fsync fails.
+    fail_next_fsync: AtomicBool,
+    /// Fsyncs that failed so far.
+    failed_fsyncs: AtomicU64,
+}
+
 /// One member's simulated log disk; clones share it. Keep it outside the member so it
 /// survives the member's crash.
 #[derive(Clone, Debug, Default)]
 pub struct MemLogDisk {
     durable: Arc<Mutex<Durable>>,
     options: MemLogOptions,
+    faults: Arc<DiskFaults>,
 }
 
 impl MemLogDisk {
@@ -86,7 +101,27 @@ impl MemLogDisk {
         Self {
             durable: Arc::default(),
             options,
+            faults: Arc::default(),
         }
+    }
+
+    /// Makes every fsync take `extra` longer than `fsync_delay` (zero: back to normal).
+    pub fn set_extra_fsync_delay(&self, extra: Duration) {
+        let ms = u64::try_from(extra.as_millis()).unwrap_or(u64::MAX);
+        self.faults.extra_fsync_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// Makes the next fsync fail (or no longer). A failed fsync loses its group's writes,
+    /// reports the failure to everything waiting on it and stops the log: like a real disk
+    /// after a failed fsync (the kernel may have dropped the dirty pages), nothing written
+    /// afterwards is trusted, so the member must stop and restart from what is durable.
+    pub fn set_fail_next_fsync(&self, fail: bool) {
+        self.faults.fail_next_fsync.store(fail, Ordering::SeqCst);
+    }
+
+    /// How many fsyncs have failed on this disk.
+    pub fn failed_fsyncs(&self) -> u64 {
+        self.faults.failed_fsyncs.load(Ordering::SeqCst)
     }
 
     fn lock(&self) -> MutexGuard<'_, Durable> {
@@ -162,8 +197,21 @@ async fn writer_task(disk: MemLogDisk, mut rx: mpsc::UnboundedReceiver<Queued>) 
         while let Ok(more) = rx.try_recv() {
             group.push(more);
         }
-        if !disk.options.fsync_delay.is_zero() {
-            tokio::time::sleep(disk.options.fsync_delay).await;
+        let extra = Duration::from_millis(disk.faults.extra_fsync_ms.load(Ordering::SeqCst));
+        let delay = disk.options.fsync_delay + extra;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        if disk.faults.fail_next_fsync.swap(false, Ordering::SeqCst) {
+            disk.faults.failed_fsyncs.fetch_add(1, Ordering::SeqCst);
+            for q in group {
+                if let Some(cb) = q.flushed {
+                    cb.io_completed(Err(io::Error::other("simulated fsync failure")));
+                }
+                // A waiting vote save sees its sender dropped: an error too.
+            }
+            // The log stops: every later write fails ("simulated log writer stopped").
+            return;
         }
         {
             let mut durable = disk.lock();

@@ -151,6 +151,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         crate::crash_point!("snapshot::before_install");
         self.applier.restore(&dump)?;
         crate::crash_point!("snapshot::after_install");
+        // Operators (and the tests of etcd 15271) need to see that a member was caught up
+        // by a snapshot rather than by log replication.
+        tracing::info!(
+            last_log_id = ?meta.last_log_id,
+            bytes = dump.len(),
+            "installed a snapshot from the leader"
+        );
         self.set_current(meta.clone(), dump);
         Ok(())
     }

@@ -1,27 +1,30 @@
 //! Regression scenarios named after etcd correctness bugs (the table in docs/robustness.md),
-//! run against in-process members through the public gRPC API. Each would have caught its
-//! etcd bug had keel made the same mistake; the watch scenarios check every watcher with
-//! keel-sim's watch validator against the exact list of writes the test made.
+//! run through the public gRPC API against in-process members, or against real `keel`
+//! processes when a scenario must cut peer links while client streams stay open (15271).
+//! Each would have caught its etcd bug had keel made the same mistake; the watch scenarios
+//! check every watcher with keel-sim's watch validator against the exact list of writes the
+//! test made.
 
 mod common;
+// The process harness (real `keel` processes, per-link proxies); this binary uses a part.
+#[allow(dead_code)]
+mod process;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use common::exact_writer::ExactWriter;
+use common::watch_streams::{open_stream, spawn_reader, wait_watchers, Demux};
 use common::*;
 use keel_api::etcdserverpb::kv_client::KvClient;
 use keel_api::etcdserverpb::request_op::Request as Op;
-use keel_api::etcdserverpb::watch_client::WatchClient;
 use keel_api::etcdserverpb::watch_request::RequestUnion;
 use keel_api::etcdserverpb::{
     CompactionRequest, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest,
-    WatchProgressRequest, WatchRequest, WatchResponse as PbWatchResponse,
+    WatchProgressRequest, WatchRequest,
 };
 use keel_sim::watch::{validate_watch, WatchEvent, WatchResponse, WatchSpec};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use process::cluster::ProcCluster;
 use tonic::transport::Channel;
-use tonic::Streaming;
 
 const PREFIX: &str = "bug/";
 /// Longest a scenario's watchers may take to drain after the last write.
@@ -36,76 +39,6 @@ fn prefix_create(start_revision: i64, prev_kv: bool, progress_notify: bool) -> W
         prev_kv,
         progress_notify,
         ..Default::default()
-    }
-}
-
-/// One stream with a watch per create request; returns the request sender and responses.
-async fn open_stream(
-    cluster: &TestCluster,
-    member: usize,
-    creates: Vec<WatchCreateRequest>,
-) -> (mpsc::Sender<WatchRequest>, Streaming<PbWatchResponse>) {
-    let (tx, rx) = mpsc::channel(creates.len() + 16);
-    for create in creates {
-        tx.send(WatchRequest {
-            request_union: Some(RequestUnion::CreateRequest(create)),
-        })
-        .await
-        .expect("queue create");
-    }
-    let channel = tonic::transport::Endpoint::from_shared(cluster.client_url(member))
-        .expect("url")
-        .connect()
-        .await
-        .expect("connect");
-    let stream = tokio::time::timeout(
-        RPC_TIMEOUT,
-        WatchClient::new(channel).watch(ReceiverStream::new(rx)),
-    )
-    .await
-    .expect("watch call in time")
-    .expect("watch call")
-    .into_inner();
-    (tx, stream)
-}
-
-/// Every watcher's responses on one stream, by watch id; a stream-wide progress response
-/// (watch id -1) belongs to every watcher still open.
-#[derive(Default)]
-struct Demux {
-    by_watcher: BTreeMap<i64, Vec<WatchResponse>>,
-    open: BTreeMap<i64, bool>,
-}
-
-impl Demux {
-    fn push(&mut self, r: &PbWatchResponse) {
-        let sim = to_sim(r);
-        if r.watch_id == -1 {
-            for (id, open) in &self.open {
-                if *open {
-                    self.by_watcher.entry(*id).or_default().push(sim.clone());
-                }
-            }
-            return;
-        }
-        if r.created {
-            self.open.insert(r.watch_id, !r.canceled);
-        }
-        if r.canceled {
-            self.open.insert(r.watch_id, false);
-        }
-        self.by_watcher.entry(r.watch_id).or_default().push(sim);
-    }
-
-    /// Whether every watcher is canceled or has seen an event at `final_revision`.
-    fn done(&self, watchers: usize, final_revision: i64) -> bool {
-        self.open.len() == watchers
-            && self.open.iter().all(|(id, open)| {
-                !*open
-                    || self.by_watcher[id]
-                        .iter()
-                        .any(|r| r.events.iter().any(|e| e.revision >= final_revision))
-            })
     }
 }
 
@@ -185,7 +118,7 @@ async fn slow_watchers_under_compaction(watchers: usize, with_deletes: bool, pre
         .iter()
         .map(|s| prefix_create(*s, prev_kv, false))
         .collect();
-    let (_tx, mut stream) = open_stream(&cluster, 0, creates).await;
+    let (_tx, mut stream) = open_stream(cluster.client_url(0), creates).await;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let compactor = tokio::spawn(compact_loop(
         cluster.kv(0),
@@ -336,8 +269,11 @@ async fn etcd_20221_future_watch_across_members() {
     let mut kv = cluster.kv(leader);
     let now = rev(&put(&mut kv, &format!("{PREFIX}before"), "0").await);
     let start = now + 20;
-    let (tx, mut stream) =
-        open_stream(&cluster, follower, vec![prefix_create(start, false, true)]).await;
+    let (tx, mut stream) = open_stream(
+        cluster.client_url(follower),
+        vec![prefix_create(start, false, true)],
+    )
+    .await;
     let writer = tokio::spawn(async move {
         let mut events = Vec::new();
         for i in 0..40 {
@@ -425,7 +361,7 @@ async fn etcd_15220_progress_requests_under_catch_up() {
         .iter()
         .map(|s| prefix_create(*s, true, false))
         .collect();
-    let (tx, mut stream) = open_stream(&cluster, 0, creates).await;
+    let (tx, mut stream) = open_stream(cluster.client_url(0), creates).await;
     let writer = {
         let mut kv = cluster.kv(0);
         tokio::spawn(async move { write_churn(&mut kv, 100, true).await })
@@ -465,4 +401,140 @@ async fn etcd_15220_progress_requests_under_catch_up() {
         }
     }
     cluster.shutdown().await;
+}
+
+/// Writes `count` churn writes through `clients`, exactly once each.
+async fn exact_churn(writer: &mut ExactWriter, clients: &[KvClient<Channel>], count: usize) {
+    for _ in 0..count {
+        let write = writer.churn(PREFIX, 3, writer.writes());
+        writer.write(clients, write, SETTLE_WAIT).await;
+    }
+}
+
+/// Waits until member `i` of `cluster` has applied `revision` (a serializable read).
+async fn wait_applied(cluster: &ProcCluster, i: usize, revision: i64) {
+    let mut kv = cluster.kv(i);
+    let what = format!("m{i} to apply revision {revision}");
+    eventually(&what, SETTLE_WAIT, async || {
+        let req = RangeRequest {
+            serializable: true,
+            ..range_req(PREFIX, "")
+        };
+        let resp = kv.range(req).await.map_err(|s| s.to_string())?.into_inner();
+        match rev(&resp) {
+            r if r >= revision => Ok(()),
+            r => Err(format!("at revision {r}")),
+        }
+    })
+    .await;
+}
+
+/// etcd 15271: after a partition, a member installed the leader's snapshot and its open
+/// watches replayed events they had already delivered (the watch went back in time).
+///
+/// Three real processes, a snapshot every 50 entries (the leader keeps 50 behind it). A
+/// follower holds watch streams (from now, from the past, from a future revision) while its
+/// peer links are cut and 300 writes go on, so the leader's log moves past it; it is healed
+/// while writes continue, must install a snapshot (its log says so), and every watcher,
+/// including ones opened while it was cut off, must deliver exactly the committed events
+/// from its start: ordered, unique, reliable, atomic (keel-sim's validator). Every write is
+/// exactly-once ([`ExactWriter`]), so the truth is the list of acknowledged writes itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_15271_watch_on_member_installing_snapshot() {
+    init_tracing();
+    let mut cluster = ProcCluster::start_with_args(3, &["--snapshot-count", "50"]).await;
+    let leader = cluster.wait_for_leader(LEADER_WAIT).await;
+    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let (follower, other) = (others[0], others[1]);
+    let majority = [cluster.kv(leader), cluster.kv(other)];
+    let mut writer = ExactWriter::new(&format!("{PREFIX}counter"));
+
+    tracing::info!("--- phase 1: 20 writes; watches on follower m{follower}");
+    exact_churn(&mut writer, &majority, 20).await;
+    let now = writer.last_revision();
+    wait_applied(&cluster, follower, now).await;
+    let starts_a = [0, 2, now + 150];
+    let creates = starts_a.iter().map(|&s| prefix_create(s, true, false));
+    let (_tx_a, stream_a) = open_stream(cluster.client_url(follower), creates.collect()).await;
+    let stream_a = spawn_reader(stream_a);
+    wait_watchers(
+        "stream A created",
+        DRAIN_WAIT,
+        &stream_a,
+        starts_a.len(),
+        None,
+    )
+    .await;
+
+    tracing::info!("--- phase 2: cut m{follower} off; watches opened on it while cut off");
+    cluster.isolate(follower);
+    let starts_b = [5, now + 40];
+    let creates = starts_b.iter().map(|&s| prefix_create(s, false, false));
+    let (_tx_b, stream_b) = open_stream(cluster.client_url(follower), creates.collect()).await;
+    let stream_b = spawn_reader(stream_b);
+    wait_watchers(
+        "stream B created",
+        DRAIN_WAIT,
+        &stream_b,
+        starts_b.len(),
+        None,
+    )
+    .await;
+
+    tracing::info!("--- phase 3: 300 writes without m{follower}: the leader purges its log");
+    exact_churn(&mut writer, &majority, 300).await;
+
+    tracing::info!("--- phase 4: heal while writing on, through every member");
+    cluster.heal().await;
+    let everyone: Vec<_> = (0..3).map(|i| cluster.kv(i)).collect();
+    exact_churn(&mut writer, &everyone, 100).await;
+    let last = writer.last_revision();
+    wait_applied(&cluster, follower, last).await;
+    let log = cluster.log_tail(follower, 256 * 1024 * 1024);
+    assert!(
+        log.contains("installed a snapshot from the leader"),
+        "m{follower} caught up without installing a snapshot: the scenario lost its trigger"
+    );
+
+    tracing::info!("--- phase 5: every watcher delivers the exact committed history once");
+    wait_watchers(
+        "stream A to drain",
+        DRAIN_WAIT,
+        &stream_a,
+        starts_a.len(),
+        Some(last),
+    )
+    .await;
+    wait_watchers(
+        "stream B to drain",
+        DRAIN_WAIT,
+        &stream_b,
+        starts_b.len(),
+        Some(last),
+    )
+    .await;
+    for (name, collected, starts) in [
+        ("A", &stream_a, &starts_a[..]),
+        ("B", &stream_b, &starts_b[..]),
+    ] {
+        let c = collected.lock().expect("collected");
+        for (i, responses) in c.demux.by_watcher.values().enumerate() {
+            let spec = WatchSpec::prefix(PREFIX.as_bytes(), starts[i]);
+            match validate_watch(&writer.events, &spec, responses) {
+                Ok(report) => tracing::info!(stream = name, start = starts[i], ?report, "valid"),
+                Err(v) => panic!("stream {name}, watcher from {}: {v}", starts[i]),
+            }
+            assert!(
+                !responses.iter().any(|r| r.canceled),
+                "stream {name}, watcher from {} was cancelled (nothing is compacted)",
+                starts[i]
+            );
+        }
+    }
+    tracing::info!(
+        writes = writer.writes(),
+        failures = writer.failures,
+        "writes"
+    );
+    process::checks::assert_hash_kv_agrees(&cluster, last).await;
 }

@@ -6,6 +6,13 @@
 //! Points covered: around the apply commit, around a physical compaction step, building a
 //! snapshot and installing one (see `keel_raft::failpoints`). Build with
 //! `cargo test -p keel-server --features failpoints --test failpoint_crash`.
+//!
+//! Writes are create-then-delete churn made exactly once ([`ExactWriter`]), so the test
+//! knows every committed event and its revision. After the restart a watch on the crashed
+//! member must deliver them (etcd 17247: a duplicated event after a crash around a
+//! snapshot), and after a crash inside compaction at a tombstone revision the revision must
+//! not go back and watches at and above the compact revision must behave (etcd 17780,
+//! 19179).
 #![cfg(feature = "failpoints")]
 
 mod common;
@@ -17,10 +24,18 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use common::{eventually, init_tracing, is_retryable, pairs, put_req, range_req};
+use std::sync::Mutex;
+
+use common::exact_writer::ExactWriter;
+use common::watch_streams::{open_stream, spawn_reader, wait_watchers, Collected};
+use common::{eventually, init_tracing, pairs, range_req};
 use keel_api::etcdserverpb::kv_client::KvClient;
 use keel_api::etcdserverpb::maintenance_client::MaintenanceClient;
-use keel_api::etcdserverpb::{CompactionRequest, HashKvRequest, RangeRequest};
+use keel_api::etcdserverpb::{
+    CompactionRequest, HashKvRequest, RangeRequest, StatusRequest, WatchCreateRequest, WatchRequest,
+};
+use keel_sim::watch::{validate_watch, WatchResponse, WatchSpec};
+use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
 
 /// Raft timings: quick elections, yet no flapping on a loaded 2-core machine.
@@ -34,6 +49,10 @@ const RPC_TIMEOUT: Duration = Duration::from_secs(5);
 const SIGABRT: i32 = 6;
 /// Writes a scenario makes at most while waiting for the crash point to fire.
 const WRITES_MAX: usize = 400;
+/// Every write's key starts with this; the writer's counter key too.
+const PREFIX: &str = "key/";
+/// Keys the churn writes to: few, so each has many versions for compaction to remove.
+const KEYS: usize = 4;
 
 /// One `keel` process slot: fixed name, ports and data directory across restarts.
 struct Member {
@@ -198,57 +217,103 @@ impl Drop for ProcCluster {
     }
 }
 
-/// Puts `key=value` through the members `via` in turn until one acknowledges it. Every
-/// error is retried (a member or the leader may be crashing); a retried put has the same
-/// key and value, and the next put starts only after this one is acknowledged.
-async fn put_acked(cluster: &ProcCluster, via: &[usize], key: &str, value: &str) {
-    let mut clients: Vec<_> = via.iter().map(|&i| cluster.kv(i)).collect();
-    let mut turn = 0;
-    let what = format!("put {key} to be acknowledged");
-    eventually(&what, WAIT, async || {
-        turn += 1;
-        let kv = &mut clients[turn % via.len()];
-        kv.put(put_req(key, value)).await.map(|_| ()).map_err(|s| {
-            if !is_retryable(&s) {
-                tracing::info!(key, code = ?s.code(), message = s.message(), "retrying put");
-            }
-            format!("{:?}: {}", s.code(), s.message())
-        })
-    })
-    .await;
-}
-
-/// Writes `prefix/NNN` keys through members `via` until `crashed` reports the crash or
-/// `WRITES_MAX` is reached, then `after` more; returns every acknowledged write.
+/// Writes churn through members `via` until `crashed` reports the crash or `WRITES_MAX`
+/// is reached, then `after` more.
 async fn write_through_crash(
     cluster: &mut ProcCluster,
     via: &[usize],
     victim: usize,
     after: usize,
-    acked: &mut BTreeMap<String, String>,
+    writer: &mut ExactWriter,
 ) {
     let mut n = 0;
     while !cluster.has_exited(victim) && n < WRITES_MAX {
-        write_one(cluster, via, n, acked).await;
+        write_one(cluster, via, writer).await;
         n += 1;
     }
     for _ in 0..after {
-        write_one(cluster, via, n, acked).await;
-        n += 1;
+        write_one(cluster, via, writer).await;
     }
-    tracing::info!(writes = n, "writes acknowledged");
+    tracing::info!(
+        writes = writer.writes(),
+        failures = writer.failures,
+        "writes acknowledged"
+    );
 }
 
-async fn write_one(
+/// One churn write through the members `via` (the next one after every failure, as a
+/// member or the leader may be crashing); returns its revision.
+async fn write_one(cluster: &ProcCluster, via: &[usize], writer: &mut ExactWriter) -> i64 {
+    let clients: Vec<_> = via.iter().map(|&i| cluster.kv(i)).collect();
+    let write = writer.churn(PREFIX, KEYS, writer.writes());
+    writer.write(&clients, write, WAIT).await
+}
+
+fn new_writer() -> ExactWriter {
+    ExactWriter::new(&format!("{PREFIX}counter"))
+}
+
+fn prefix_watch(start_revision: i64) -> WatchCreateRequest {
+    let spec = WatchSpec::prefix(PREFIX.as_bytes(), start_revision);
+    WatchCreateRequest {
+        key: spec.key,
+        range_end: spec.range_end,
+        start_revision,
+        ..Default::default()
+    }
+}
+
+/// Watches on member `i` from each of `starts` on one stream, opened as soon as the
+/// member answers (it may still be replaying its log or installing a snapshot).
+async fn watch_member(
     cluster: &ProcCluster,
-    via: &[usize],
-    n: usize,
-    acked: &mut BTreeMap<String, String>,
-) {
-    // A few keys written over and over, so compaction has old versions to remove.
-    let (key, value) = (format!("key/{:02}", n % 16), format!("value-{n}"));
-    put_acked(cluster, via, &key, &value).await;
-    acked.insert(key, value);
+    i: usize,
+    starts: &[i64],
+) -> (mpsc::Sender<WatchRequest>, std::sync::Arc<Mutex<Collected>>) {
+    let mut maintenance = cluster.maintenance(i);
+    eventually(&format!("m{i} to answer"), WAIT, async || {
+        maintenance
+            .status(StatusRequest {})
+            .await
+            .map(|_| ())
+            .map_err(|s| s.message().to_string())
+    })
+    .await;
+    let creates = starts.iter().map(|&s| prefix_watch(s)).collect();
+    let (tx, stream) = open_stream(url(cluster.members[i].client_port), creates).await;
+    let collected = spawn_reader(stream);
+    wait_watchers("watches created", WAIT, &collected, starts.len(), None).await;
+    (tx, collected)
+}
+
+/// Waits until every watcher of `collected` delivered the writer's last revision (or was
+/// cancelled), then validates each against the exact committed events; returns each
+/// watcher's responses.
+async fn check_watchers(
+    collected: &Mutex<Collected>,
+    starts: &[i64],
+    writer: &ExactWriter,
+) -> Vec<Vec<WatchResponse>> {
+    let last = writer.last_revision();
+    wait_watchers(
+        "watches to drain",
+        WAIT,
+        collected,
+        starts.len(),
+        Some(last),
+    )
+    .await;
+    let c = collected.lock().expect("collected");
+    let mut all = Vec::new();
+    for (i, responses) in c.demux.by_watcher.values().enumerate() {
+        let spec = WatchSpec::prefix(PREFIX.as_bytes(), starts[i]);
+        match validate_watch(&writer.events, &spec, responses) {
+            Ok(report) => tracing::info!(start = starts[i], ?report, "watch valid"),
+            Err(v) => panic!("watcher from revision {}: {v}", starts[i]),
+        }
+        all.push(responses.clone());
+    }
+    all
 }
 
 /// Asserts the member crashed by aborting (the crash point fired), not some other way.
@@ -262,7 +327,7 @@ fn assert_aborted(status: ExitStatus, point: &str) {
 
 /// Every member serves every acknowledged write (latest values), and all report the same
 /// HashKV at the same revision.
-async fn assert_converged(cluster: &ProcCluster, acked: &BTreeMap<String, String>) {
+async fn assert_converged(cluster: &ProcCluster, acked: &BTreeMap<String, String>) -> i64 {
     let mut revision = 0;
     for i in 0..cluster.members.len() {
         let mut kv = cluster.kv(i);
@@ -307,10 +372,13 @@ async fn assert_converged(cluster: &ProcCluster, acked: &BTreeMap<String, String
             .all(|w| (w[0].1, w[0].2) == (w[1].1, w[1].2)),
         "members disagree on HashKV at revision {revision}: {hashes:?}"
     );
+    revision
 }
 
 /// m0 runs with `point` set to crash after `skip` passes; writes go through m1 and m2 until
-/// it crashes, and on; m0 restarts without the point; everything converges.
+/// it crashes, and on; m0 restarts without the point; everything converges, and a watch
+/// opened on m0 from revision 2 as soon as it answers (while it replays or catches up)
+/// delivers every committed event once, in order (etcd 17247).
 async fn crash_during_writes(point: &str, skip: u32, extra_args: &[&str]) {
     let mut cluster = ProcCluster::new(3, extra_args);
     let failpoints = match skip {
@@ -323,14 +391,19 @@ async fn crash_during_writes(point: &str, skip: u32, extra_args: &[&str]) {
     cluster.spawn(2, None);
 
     tracing::info!("--- phase 2: write through m1/m2 until m0 crashes at {point}, and on");
-    let mut acked = BTreeMap::new();
-    write_through_crash(&mut cluster, &[1, 2], 0, 20, &mut acked).await;
+    let mut writer = new_writer();
+    write_through_crash(&mut cluster, &[1, 2], 0, 20, &mut writer).await;
     let status = cluster.wait_exit(0).await;
     assert_aborted(status, point);
 
-    tracing::info!("--- phase 3: restart m0 without crash points; everything converges");
+    tracing::info!("--- phase 3: restart m0 without crash points; watch it from revision 2");
     cluster.spawn(0, None);
-    assert_converged(&cluster, &acked).await;
+    let (_tx, watch) = watch_member(&cluster, 0, &[2]).await;
+    for _ in 0..10 {
+        write_one(&cluster, &[0, 1, 2], &mut writer).await;
+    }
+    assert_converged(&cluster, &writer.live).await;
+    check_watchers(&watch, &[2], &writer).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -364,28 +437,35 @@ async fn crash_after_log_fsync() {
 }
 
 /// m0 is down while m1 and m2 take enough writes to purge their logs behind a snapshot;
-/// m0 then starts with `point` set and must install a snapshot, crashing there.
+/// m0 then starts with `point` set and must install a snapshot, crashing there. Restarted,
+/// it installs one again with a watch from revision 2 already open on it, which must
+/// deliver every committed event once, in order (etcd 17247).
 async fn crash_during_snapshot_install(point: &str) {
     let mut cluster = ProcCluster::new(3, &["--snapshot-count", "20"]);
     tracing::info!("--- phase 1: m1 and m2 alone take writes past several snapshots");
     cluster.spawn(1, None);
     cluster.spawn(2, None);
-    let mut acked = BTreeMap::new();
-    for n in 0..80 {
-        write_one(&cluster, &[1, 2], n, &mut acked).await;
+    let mut writer = new_writer();
+    for _ in 0..80 {
+        write_one(&cluster, &[1, 2], &mut writer).await;
     }
 
     tracing::info!("--- phase 2: m0 starts with {point}=return and needs a snapshot");
     cluster.spawn(0, Some(&format!("{point}=return")));
     let status = cluster.wait_exit(0).await;
     assert_aborted(status, point);
-    for n in 80..100 {
-        write_one(&cluster, &[1, 2], n, &mut acked).await;
+    for _ in 80..100 {
+        write_one(&cluster, &[1, 2], &mut writer).await;
     }
 
-    tracing::info!("--- phase 3: restart m0 without crash points; everything converges");
+    tracing::info!("--- phase 3: restart m0 without crash points, watched from revision 2");
     cluster.spawn(0, None);
-    assert_converged(&cluster, &acked).await;
+    let (_tx, watch) = watch_member(&cluster, 0, &[2]).await;
+    for _ in 0..10 {
+        write_one(&cluster, &[0, 1, 2], &mut writer).await;
+    }
+    assert_converged(&cluster, &writer.live).await;
+    check_watchers(&watch, &[2], &writer).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -398,30 +478,37 @@ async fn crash_after_snapshot_install() {
     crash_during_snapshot_install("snapshot::after_install").await;
 }
 
-/// Writes history, compacts it away; m0 crashes at `point` of its physical compaction,
-/// restarts, finishes compacting and converges.
+/// Writes history whose newest revision is a tombstone and compacts at it; m0 crashes at
+/// `point` of its physical compaction, restarts, finishes compacting and converges. Then
+/// (etcd 17780) its revision never went back and its next write gets the last + 1; and
+/// (etcd 19179, 18089) a watch at the compact revision is cancelled with keel's compact
+/// revision + 1, while a watch at compact + 1 delivers every later event once, in order.
 async fn crash_during_compaction(point: &str) {
     let mut cluster = ProcCluster::new(3, &[]);
     tracing::info!("--- phase 1: history on every member, m0 with {point}=return");
     cluster.spawn(0, Some(&format!("{point}=return")));
     cluster.spawn(1, None);
     cluster.spawn(2, None);
-    let mut acked = BTreeMap::new();
-    for n in 0..60 {
-        write_one(&cluster, &[1, 2], n, &mut acked).await;
+    let mut writer = new_writer();
+    // 62: the churn's last delete round ends at 59, so two keys are live again.
+    for _ in 0..62 {
+        write_one(&cluster, &[1, 2], &mut writer).await;
     }
+    // The newest revision holds nothing but a tombstone (no counter put beside it).
+    let doomed = writer
+        .live
+        .keys()
+        .find(|k| !k.ends_with("counter"))
+        .expect("a live key")
+        .clone();
+    let clients = [cluster.kv(1), cluster.kv(2)];
+    let compact_at = writer.delete_plain(&clients, &doomed, WAIT).await;
 
-    tracing::info!("--- phase 2: compact; m0 crashes in its compaction step");
+    tracing::info!("--- phase 2: compact at the tombstone {compact_at}; m0 crashes in its step");
     let mut kv = cluster.kv(1);
-    let revision = eventually("the current revision", WAIT, async || {
-        let resp = kv.range(range_req("\0", "\0")).await;
-        resp.map(|r| r.into_inner().header.map_or(0, |h| h.revision))
-            .map_err(|s| s.message().to_string())
-    })
-    .await;
     eventually("compaction to be acknowledged", WAIT, async || {
         let req = CompactionRequest {
-            revision,
+            revision: compact_at,
             physical: false,
         };
         kv.compact(req)
@@ -432,16 +519,55 @@ async fn crash_during_compaction(point: &str) {
     .await;
     let status = cluster.wait_exit(0).await;
     assert_aborted(status, point);
-    for n in 60..80 {
-        write_one(&cluster, &[1, 2], n, &mut acked).await;
+    for _ in 0..20 {
+        write_one(&cluster, &[1, 2], &mut writer).await;
     }
 
-    tracing::info!("--- phase 3: restart m0 without crash points; everything converges");
+    tracing::info!("--- phase 3: restart m0; its revision is not below the compaction");
     cluster.spawn(0, None);
-    assert_converged(&cluster, &acked).await;
     let mut kv = cluster.kv(0);
+    let first = eventually("m0 to serve a read", WAIT, async || {
+        let req = RangeRequest {
+            serializable: true,
+            ..range_req("\0", "\0")
+        };
+        let resp = kv.range(req).await.map_err(|s| s.message().to_string())?;
+        Ok::<_, String>(resp.into_inner().header.map_or(0, |h| h.revision))
+    })
+    .await;
+    assert!(
+        first >= compact_at,
+        "m0 came back at revision {first}, below the compact revision {compact_at}"
+    );
+    assert_eq!(
+        assert_converged(&cluster, &writer.live).await,
+        writer.last_revision()
+    );
+    let last = writer.last_revision();
+    let next = write_one(&cluster, &[0], &mut writer).await;
+    assert_eq!(next, last + 1, "the first write through m0 after its crash");
+
+    tracing::info!("--- phase 4: watches on m0 at the compact revision and just above");
+    let starts = [compact_at, compact_at + 1];
+    let (_tx, watch) = watch_member(&cluster, 0, &starts).await;
+    for _ in 0..5 {
+        write_one(&cluster, &[0, 1, 2], &mut writer).await;
+    }
+    let responses = check_watchers(&watch, &starts, &writer).await;
+    let cancel = responses[0].iter().find(|r| r.canceled);
+    assert_eq!(
+        cancel.map(|r| r.compact_revision),
+        Some(compact_at + 1),
+        "a watch at the compact revision is cancelled, naming compact + 1: {:?}",
+        responses[0]
+    );
+    assert!(
+        responses[1].iter().all(|r| !r.canceled),
+        "the watch at compact + 1 must not be cancelled: {:?}",
+        responses[1]
+    );
     let old = RangeRequest {
-        revision: revision - 1,
+        revision: compact_at - 1,
         serializable: true,
         ..range_req("\0", "\0")
     };
@@ -471,8 +597,8 @@ async fn panic_in_apply_stops_the_process_with_a_failure_code() {
     cluster.spawn(0, Some("apply::before_commit=10*off->panic"));
     cluster.spawn(1, None);
     cluster.spawn(2, None);
-    let mut acked = BTreeMap::new();
-    write_through_crash(&mut cluster, &[1, 2], 0, 20, &mut acked).await;
+    let mut writer = new_writer();
+    write_through_crash(&mut cluster, &[1, 2], 0, 20, &mut writer).await;
     let status = cluster.wait_exit(0).await;
     assert_eq!(
         status.code(),
@@ -488,5 +614,5 @@ async fn panic_in_apply_stops_the_process_with_a_failure_code() {
 
     tracing::info!("--- phase 2: restart m0; everything converges");
     cluster.spawn(0, None);
-    assert_converged(&cluster, &acked).await;
+    assert_converged(&cluster, &writer.live).await;
 }

@@ -5,26 +5,31 @@
 //! TTLs are checkpointed through Raft so a new leader continues from them).
 //! Must never: change replicated state except by proposing; keepalives are not Raft writes
 //! (they only move the leader's in-memory deadline), so write load cannot starve them.
+//! Must never forward the lessor's own commands to another member: they are decisions of
+//! this leader's clock and deadlines, valid only while it leads in the term it was promoted
+//! in (see [`Leases::propose_as_leader`]).
 
 pub mod lessor;
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use keel_api::error::EtcdError;
+use keel_api::error::{EtcdError, CODE_OK};
 use keel_api::etcdserverpb::{
     LeaseCheckpoint, LeaseCheckpointRequest, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
     LeaseRevokeRequest, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
 use keel_api::keelpb::internal_request::Request as Command;
+use keel_api::keelpb::InternalRequest;
 use tokio::sync::watch;
 
 use self::lessor::Lessor;
 use crate::apply::lease::{all_leases, attached_keys, LeaseRecord};
 use crate::apply::range::storage_error;
 use crate::apply::{Committed, LeaseChange};
-use crate::propose::status_to_error;
+use crate::propose::{status_to_error, GROUP_ID};
 use crate::server::Server;
 
 /// How often the leader looks for expired leases and leadership changes.
@@ -36,6 +41,9 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 const REVOKES_PER_TICK_MAX: usize = 256;
 /// Most leases per checkpoint command.
 const CHECKPOINTS_PER_COMMAND_MAX: usize = 1024;
+/// Request ids of the lessor's own proposals: a counter with the top bit set.
+static LESSOR_REQUEST_SEQ: AtomicU64 = AtomicU64::new(1);
+const LESSOR_REQUEST_BIT: u64 = 1 << 63;
 
 /// The member's lessor, shared by the services, the apply observer and the leader loop.
 pub struct Leases {
@@ -106,11 +114,17 @@ impl Leases {
     }
 
     /// Renews on this member, which must lead (a peer forwarded the keepalive here).
+    ///
+    /// Leadership is confirmed with a quorum (a ReadIndex round) before the renewal: a
+    /// leader cut off from its peers keeps its leader state in openraft and would otherwise
+    /// go on renewing a lease that the majority side's new leader lets expire, telling the
+    /// client it still holds it (found by `stale_leader_leases.rs`).
     pub async fn keep_alive_local(
         &self,
         server: &Server,
         id: i64,
     ) -> Result<LeaseKeepAliveResponse, EtcdError> {
+        server.proposer.read_barrier().await?;
         if !self.await_primary(server).await {
             return Err(EtcdError::NotLeader);
         }
@@ -189,24 +203,29 @@ impl Leases {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_checkpoint = now();
         let in_flight: Arc<Mutex<HashSet<i64>>> = Arc::default();
+        // The term the lessor was promoted in: its deadlines belong to that term only. A
+        // member that lost leadership and won it back between two ticks must load the
+        // leases again (another leader may have extended them meanwhile).
+        let mut promoted_in: Option<u64> = None;
         loop {
             tokio::select! {
                 biased;
                 _ = stop.wait_for(|s| *s) => return,
                 _ = tick.tick() => {}
             }
-            let leads = server.raft.leadership().0;
-            let primary = self.lock().is_primary();
-            if leads && !primary {
-                if let Err(e) = self.promote(&server, election_timeout).await {
-                    tracing::warn!(error = %e, "lessor promotion failed; will retry");
-                }
-                continue;
+            let term = server.raft.leader_term();
+            if promoted_in.is_some() && promoted_in != term {
+                promoted_in = None;
+                self.lock().demote();
+                self.primary.send_replace(false);
             }
-            if !leads {
-                if primary {
-                    self.lock().demote();
-                    self.primary.send_replace(false);
+            let Some(term) = term else {
+                continue;
+            };
+            if promoted_in.is_none() {
+                match self.promote(&server, election_timeout).await {
+                    Ok(()) => promoted_in = Some(term),
+                    Err(e) => tracing::warn!(error = %e, "lessor promotion failed; will retry"),
                 }
                 continue;
             }
@@ -246,12 +265,20 @@ impl Leases {
             let server = server.clone();
             let in_flight = in_flight.clone();
             tokio::spawn(async move {
-                let result = server
-                    .proposer
-                    .propose(Command::LeaseRevoke(LeaseRevokeRequest { id }))
-                    .await;
-                if let Err(e) = result {
-                    if e != EtcdError::LeaseNotFound {
+                let result = Self::propose_as_leader(
+                    &server,
+                    Command::LeaseRevoke(LeaseRevokeRequest { id }),
+                )
+                .await;
+                match result {
+                    Ok(()) | Err(EtcdError::LeaseNotFound) => {}
+                    Err(EtcdError::NotLeader) => {
+                        tracing::info!(
+                            lease = id,
+                            "not revoking an expired lease: no longer the leader"
+                        );
+                    }
+                    Err(e) => {
                         tracing::warn!(lease = id, error = %e, "revoking an expired lease failed; will retry");
                     }
                 }
@@ -260,6 +287,28 @@ impl Leases {
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&id);
             });
+        }
+    }
+
+    /// Proposes one of the lessor's own commands on this member only, never forwarded. A
+    /// revoke or checkpoint is this leader's judgement by its own clock; a leader that was
+    /// stopped (SIGSTOP, a frozen VM) wakes up with its clock far ahead and, until it notices
+    /// the new term, finds leases expired that clients kept alive through the new leader
+    /// meanwhile. Forwarded, such a revoke would be committed by the new leader (found by
+    /// `stale_leader_leases.rs`; etcd 15247 is the same failure). Proposed locally, it is appended in
+    /// the old term and can never commit, because a quorum has moved on.
+    async fn propose_as_leader(server: &Server, cmd: Command) -> Result<(), EtcdError> {
+        let req = InternalRequest {
+            group_id: GROUP_ID,
+            // Informational only (apply does not read it); kept apart from the proposer's ids.
+            request_id: LESSOR_REQUEST_SEQ.fetch_add(1, Ordering::Relaxed) | LESSOR_REQUEST_BIT,
+            request: Some(cmd),
+        };
+        let resp = server.proposer.propose_local(req).await?;
+        match resp.error {
+            CODE_OK => Ok(()),
+            code => Err(EtcdError::from_code(code)
+                .unwrap_or_else(|| EtcdError::Unknown(format!("etcdserver: error code {code}")))),
         }
     }
 
@@ -272,7 +321,7 @@ impl Leases {
                 .map(|&(id, remaining_ttl)| LeaseCheckpoint { id, remaining_ttl })
                 .collect();
             let cmd = Command::LeaseCheckpoint(LeaseCheckpointRequest { checkpoints });
-            if let Err(e) = server.proposer.propose(cmd).await {
+            if let Err(e) = Self::propose_as_leader(server, cmd).await {
                 tracing::debug!(error = %e, "lease checkpoint not replicated");
                 return;
             }

@@ -10,6 +10,9 @@
 //! Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod exact_writer;
+pub mod watch_streams;
+
 use std::fmt::Debug;
 use std::time::{Duration, Instant};
 

@@ -72,6 +72,8 @@ pub struct ProcCluster {
     /// `(from, to)` -> the proxy `from` dials to reach `to`.
     links: BTreeMap<(usize, usize), LinkProxy>,
     initial_cluster: String,
+    /// Flags every member gets after the harness's own (for example `--snapshot-count`).
+    extra_args: Vec<String>,
     dir: Option<tempfile::TempDir>,
 }
 
@@ -79,6 +81,11 @@ impl ProcCluster {
     /// Starts `size` members, each dialling its peers through its own proxies, and waits
     /// until they agree on a leader.
     pub async fn start(size: usize) -> ProcCluster {
+        Self::start_with_args(size, &[]).await
+    }
+
+    /// [`ProcCluster::start`] with `extra_args` added to every member's flags.
+    pub async fn start_with_args(size: usize, extra_args: &[&str]) -> ProcCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let holders: Vec<_> = (0..2 * size).map(|_| port_holder()).collect();
         let mut members = Vec::new();
@@ -115,6 +122,7 @@ impl ProcCluster {
             members,
             links,
             initial_cluster,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             dir: Some(dir),
         };
         tracing::info!(dir = %cluster.dir().display(), "data directories and logs");
@@ -177,7 +185,7 @@ impl ProcCluster {
             .open(&m.log_path)
             .expect("open member log");
         let err_log = log.try_clone().expect("clone log handle");
-        let args: Vec<String> = vec![
+        let mut args: Vec<String> = vec![
             "--name".into(),
             m.name.clone(),
             "--data-dir".into(),
@@ -201,6 +209,7 @@ impl ProcCluster {
             "--election-timeout".into(),
             ELECTION_TIMEOUT_MS.to_string(),
         ];
+        args.extend(self.extra_args.iter().cloned());
         let child = Command::new(env!("CARGO_BIN_EXE_keel"))
             .args(&args)
             .env("KEEL_PEER_DIAL_MAP", dial_map)

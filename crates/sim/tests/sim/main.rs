@@ -1,7 +1,8 @@
 //! Deterministic simulation of keel (issue 4, item 1): real keel members — `keel_server::Node`
 //! with openraft, apply, the MVCC store and the etcd gRPC services — over turmoil's simulated
 //! network and clock, with clients recording a history for the linearizability checker while
-//! a nemesis partitions, delays, drops, crashes and power-cycles members.
+//! a nemesis partitions, delays, drops, crashes and power-cycles members and slows or fails
+//! one member's log fsyncs.
 //!
 //! A seed reproduces a run exactly. Commands (also in docs/architecture.md, "Simulation"):
 //! - CI seed set: `cargo test -p keel-sim --test sim`

@@ -32,6 +32,9 @@ impl MemberDisks {
 /// The running incarnation's server, for the harness to look at (leader, revision, hash).
 pub type ServerSlot = Rc<RefCell<Option<Arc<Server>>>>;
 
+/// Why the running incarnation stopped on its own (a fatal storage error), if it did.
+pub type FatalSlot = Rc<RefCell<Option<String>>>;
+
 pub struct MemberSpec {
     pub name: String,
     pub ip: IpAddr,
@@ -76,12 +79,15 @@ impl MemberSpec {
 }
 
 /// The host software turmoil runs (again after every bounce): start the member on its disks
-/// and serve until crashed.
+/// and serve until crashed. A member that stops itself on a fatal storage error (a failed
+/// fsync) leaves its slot empty and says why in `fatal`; the host then idles until the
+/// nemesis crashes and restarts it.
 pub async fn run_member(
     config: Config,
     ip: IpAddr,
     disks: MemberDisks,
     slot: ServerSlot,
+    fatal: FatalSlot,
 ) -> turmoil::Result {
     let served = Served::Streams {
         client: vec![listen(ip, CLIENT_PORT).await?],
@@ -92,8 +98,13 @@ pub async fn run_member(
         log_disk: disks.log.clone(),
     };
     let node = Node::start_on(&config, served, storage).await?;
+    *fatal.borrow_mut() = None;
     *slot.borrow_mut() = Some(node.server.clone());
-    // Serve until turmoil crashes this host (which drops everything running here).
+    // Serve until turmoil crashes this host (which drops everything running here), or until
+    // the member stops itself.
+    let reason = node.wait_fatal().await;
+    *slot.borrow_mut() = None;
+    *fatal.borrow_mut() = Some(reason);
     std::future::pending::<()>().await;
     drop(node);
     Ok(())

@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use crate::member::ServerSlot;
+use keel_raft::MemLogDisk;
+
+use crate::member::{FatalSlot, ServerSlot};
 use crate::rng::SimRng;
 
 /// What a scenario may inject.
@@ -29,9 +31,15 @@ pub enum FaultKind {
     SlowNetwork,
     /// Drop messages at random (a dropped TCP segment breaks its connection in turmoil).
     Lossy,
+    /// One member's log disk gets slow: every fsync takes 50..400 ms longer.
+    SlowDisk,
+    /// One member's next log fsync fails. The member must stop itself (never carry on with
+    /// writes it could not make durable); on heal it is crashed and restarted from what its
+    /// disk holds.
+    FsyncFailure,
 }
 
-pub const ALL_FAULTS: [FaultKind; 9] = [
+pub const ALL_FAULTS: [FaultKind; 11] = [
     FaultKind::IsolateLeader,
     FaultKind::IsolateMember,
     FaultKind::Bridge,
@@ -41,6 +49,8 @@ pub const ALL_FAULTS: [FaultKind; 9] = [
     FaultKind::Delay,
     FaultKind::SlowNetwork,
     FaultKind::Lossy,
+    FaultKind::SlowDisk,
+    FaultKind::FsyncFailure,
 ];
 
 enum Active {
@@ -49,6 +59,18 @@ enum Active {
     Held(Vec<(String, String)>),
     Latency,
     Loss,
+    SlowDisk(usize),
+    /// The member, and how many fsyncs its disk had failed before.
+    FsyncFailure(usize, u64),
+}
+
+/// What the nemesis reaches of each member, by index: its host name, running server, log
+/// disk and fatal-stop report.
+pub struct Targets {
+    pub names: Vec<String>,
+    pub slots: Vec<ServerSlot>,
+    pub disks: Vec<MemLogDisk>,
+    pub fatal: Vec<FatalSlot>,
 }
 
 pub struct Nemesis {
@@ -56,6 +78,8 @@ pub struct Nemesis {
     kinds: Vec<FaultKind>,
     names: Vec<String>,
     slots: Vec<ServerSlot>,
+    disks: Vec<MemLogDisk>,
+    fatal: Vec<FatalSlot>,
     next_at: Duration,
     active: Option<Active>,
     work_end: Duration,
@@ -63,17 +87,24 @@ pub struct Nemesis {
     /// What was injected, when: part of the run's trace.
     pub log: Vec<String>,
     pub injected: usize,
+    /// A member that carried on after a failed fsync (the run then fails).
+    pub violation: Option<String>,
 }
 
 impl Nemesis {
     pub fn new(
         seed: u64,
         kinds: &[FaultKind],
-        names: Vec<String>,
-        slots: Vec<ServerSlot>,
+        members: Targets,
         work_end: Duration,
         base_latency: Duration,
     ) -> Self {
+        let Targets {
+            names,
+            slots,
+            disks,
+            fatal,
+        } = members;
         let mut rng = SimRng::new(seed ^ 0x006e_656d_6573_6973);
         let first = rng.millis(1_000, 2_000);
         Self {
@@ -81,12 +112,15 @@ impl Nemesis {
             kinds: kinds.to_vec(),
             names,
             slots,
+            disks,
+            fatal,
             next_at: first,
             active: None,
             work_end,
             base_latency,
             log: Vec::new(),
             injected: 0,
+            violation: None,
         }
     }
 
@@ -183,6 +217,17 @@ impl Nemesis {
                 sim.set_fail_rate(0.002 * (1 + self.rng.below(5)) as f64);
                 Active::Loss
             }
+            FaultKind::SlowDisk => {
+                let i = self.rng.below(n) as usize;
+                self.disks[i].set_extra_fsync_delay(self.rng.millis(50, 400));
+                Active::SlowDisk(i)
+            }
+            FaultKind::FsyncFailure => {
+                let i = self.rng.below(n) as usize;
+                let failed_before = self.disks[i].failed_fsyncs();
+                self.disks[i].set_fail_next_fsync(true);
+                Active::FsyncFailure(i, failed_before)
+            }
         };
         self.injected += 1;
         self.log.push(format!(
@@ -216,12 +261,42 @@ impl Nemesis {
             }
             Active::Latency => sim.set_max_message_latency(self.base_latency),
             Active::Loss => sim.set_fail_rate(0.0),
+            Active::SlowDisk(i) => self.disks[*i].set_extra_fsync_delay(Duration::ZERO),
+            Active::FsyncFailure(i, failed_before) => {
+                let outcome = self.end_fsync_failure(sim, *i, *failed_before);
+                self.log
+                    .push(format!("{:>7}ms   n{}: {outcome}", now.as_millis(), i + 1));
+            }
         }
         self.log.push(format!(
             "{:>7}ms heal{}",
             now.as_millis(),
             describe(&active)
         ));
+    }
+
+    /// Ends an fsync-failure fault on member `i`: if an fsync did fail, the member must have
+    /// stopped itself; either way it is crashed and restarted from its durable state, as an
+    /// operator would after replacing the disk. Returns what happened, for the fault log.
+    fn end_fsync_failure(&mut self, sim: &mut turmoil::Sim<'_>, i: usize, before: u64) -> String {
+        self.disks[i].set_fail_next_fsync(false);
+        let failed = self.disks[i].failed_fsyncs() > before;
+        let stopped = self.fatal[i].borrow().clone();
+        let outcome = match (failed, &stopped) {
+            (true, Some(reason)) => format!("fsync failed; member stopped ({reason})"),
+            (true, None) => {
+                let v = "an fsync failed and the member carried on".to_string();
+                self.violation.get_or_insert(format!("n{}: {v}", i + 1));
+                v
+            }
+            (false, _) => "no fsync happened while the fault was on".to_string(),
+        };
+        let name = self.names[i].clone();
+        sim.crash(name.as_str());
+        *self.slots[i].borrow_mut() = None;
+        *self.fatal[i].borrow_mut() = None;
+        sim.bounce(name.as_str());
+        outcome
     }
 }
 
@@ -232,5 +307,6 @@ fn describe(active: &Active) -> String {
         }
         Active::Crashed(victims) => victims.iter().map(|i| format!(" n{}", i + 1)).collect(),
         Active::Latency | Active::Loss => String::new(),
+        Active::SlowDisk(i) | Active::FsyncFailure(i, _) => format!(" n{}", i + 1),
     }
 }

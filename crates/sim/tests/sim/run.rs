@@ -14,8 +14,8 @@ use keel_sim::watch::{
 };
 use keel_storage::EventKind;
 
-use crate::member::{run_member, MemberDisks, MemberSpec, ServerSlot};
-use crate::nemesis::{FaultKind, Nemesis};
+use crate::member::{run_member, FatalSlot, MemberDisks, MemberSpec, ServerSlot};
+use crate::nemesis::{FaultKind, Nemesis, Targets};
 use crate::watcher::{run_watcher, Streams, RANGE};
 use crate::workload::{run_client, Recorded, WorkloadSpec};
 
@@ -100,6 +100,8 @@ pub fn run(seed: u64, scenario: &Scenario) -> Outcome {
         ack_before_fsync: scenario.ack_before_fsync,
     };
     let mut slots: Vec<ServerSlot> = Vec::new();
+    let mut fatal: Vec<FatalSlot> = Vec::new();
+    let mut log_disks = Vec::new();
     for (i, name) in names.iter().enumerate() {
         let spec = MemberSpec {
             name: name.clone(),
@@ -111,11 +113,20 @@ pub fn run(seed: u64, scenario: &Scenario) -> Outcome {
         };
         let config = spec.config();
         let disks = MemberDisks::new(options);
+        log_disks.push(disks.log.clone());
         let slot: ServerSlot = Rc::default();
         slots.push(slot.clone());
+        let stopped: FatalSlot = Rc::default();
+        fatal.push(stopped.clone());
         let ip = spec.ip;
         sim.host(name.as_str(), move || {
-            run_member(config.clone(), ip, disks.clone(), slot.clone())
+            run_member(
+                config.clone(),
+                ip,
+                disks.clone(),
+                slot.clone(),
+                stopped.clone(),
+            )
         });
         assert_eq!(sim.lookup(name.as_str()), ip, "turmoil assigned another IP");
     }
@@ -141,8 +152,12 @@ pub fn run(seed: u64, scenario: &Scenario) -> Outcome {
     let mut nemesis = Nemesis::new(
         seed,
         scenario.faults,
-        names.clone(),
-        slots.clone(),
+        Targets {
+            names: names.clone(),
+            slots: slots.clone(),
+            disks: log_disks,
+            fatal,
+        },
         scenario.work,
         BASE_LATENCY_MAX,
     );
@@ -155,6 +170,9 @@ pub fn run(seed: u64, scenario: &Scenario) -> Outcome {
     let history = History::new(recorded.borrow().clone());
     let final_state = final_state(&slots);
     let mut verdict = sim_result.and_then(|()| converged(&final_state));
+    if let Some(v) = &nemesis.violation {
+        verdict = Err(v.clone());
+    }
     if verdict.is_ok() {
         verdict = check_history(&history);
     }
