@@ -254,13 +254,7 @@ fn new_writer() -> ExactWriter {
 }
 
 fn prefix_watch(start_revision: i64) -> WatchCreateRequest {
-    let spec = WatchSpec::prefix(PREFIX.as_bytes(), start_revision);
-    WatchCreateRequest {
-        key: spec.key,
-        range_end: spec.range_end,
-        start_revision,
-        ..Default::default()
-    }
+    common::watch_streams::prefix_watch(PREFIX, start_revision)
 }
 
 /// Watches on member `i` from each of `starts` on one stream, opened as soon as the

@@ -341,13 +341,7 @@ struct Segment {
 }
 
 fn prefix_watch(start_revision: i64) -> WatchCreateRequest {
-    let spec = WatchSpec::prefix(PREFIX.as_bytes(), start_revision);
-    WatchCreateRequest {
-        key: spec.key,
-        range_end: spec.range_end,
-        start_revision,
-        ..Default::default()
-    }
+    common::watch_streams::prefix_watch(PREFIX, start_revision)
 }
 
 /// A watch stream on `url` from `start_revision`, with its `created` response.

@@ -10,12 +10,23 @@ use std::time::Duration;
 use keel_api::etcdserverpb::watch_client::WatchClient;
 use keel_api::etcdserverpb::watch_request::RequestUnion;
 use keel_api::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse as PbWatchResponse};
-use keel_sim::watch::WatchResponse;
+use keel_sim::watch::{WatchResponse, WatchSpec};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
 use super::{eventually, to_sim, RPC_TIMEOUT};
+
+/// A watch on every key under `prefix` from `start_revision`.
+pub fn prefix_watch(prefix: &str, start_revision: i64) -> WatchCreateRequest {
+    let spec = WatchSpec::prefix(prefix.as_bytes(), start_revision);
+    WatchCreateRequest {
+        key: spec.key,
+        range_end: spec.range_end,
+        start_revision,
+        ..Default::default()
+    }
+}
 
 /// One stream with a watch per create request; returns the request sender and responses.
 pub async fn open_stream(

@@ -19,7 +19,7 @@ use keel_api::etcdserverpb::{
 };
 use keel_api::mvccpb::event::EventType;
 use keel_sim::history::{CasExpect, CasOk, Op};
-use keel_sim::watch::{WatchEvent, WatchResponse, WatchSpec};
+use keel_sim::watch::{WatchEvent, WatchResponse};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
@@ -304,13 +304,7 @@ pub struct Segment {
 }
 
 fn prefix_watch(start_revision: i64) -> WatchCreateRequest {
-    let spec = WatchSpec::prefix(PREFIX.as_bytes(), start_revision);
-    WatchCreateRequest {
-        key: spec.key,
-        range_end: spec.range_end,
-        start_revision,
-        ..Default::default()
-    }
+    crate::common::watch_streams::prefix_watch(PREFIX, start_revision)
 }
 
 fn to_sim(r: &PbWatchResponse) -> WatchResponse {
