@@ -67,38 +67,15 @@ fn open<'a>(table: Table, key: &[u8], stored: &'a [u8]) -> Result<&'a [u8]> {
     Ok(value)
 }
 
-fn checked_get(txn: &dyn ReadTxn, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
-    match txn.get(table, key)? {
-        None => Ok(None),
-        Some(mut stored) => {
-            let len = open(table, key, &stored)?.len();
-            stored.truncate(len);
-            Ok(Some(stored))
-        }
-    }
-}
-
-fn checked_scan(
-    txn: &dyn ReadTxn,
-    table: Table,
-    bounds: KeyBounds<'_>,
-    direction: Direction,
-    visit: &mut Visitor<'_>,
-) -> Result<()> {
-    txn.scan(table, bounds, direction, &mut |k, v| {
-        visit(k, open(table, k, v)?)
-    })
-}
-
 impl Backend for CheckedBackend {
     fn begin_read(&self) -> Result<Box<dyn ReadTxn>> {
-        Ok(Box::new(CheckedRead {
+        Ok(Box::new(CheckedTxn {
             inner: self.inner.begin_read()?,
         }))
     }
 
     fn begin_write(&self) -> Result<Box<dyn WriteTxn>> {
-        Ok(Box::new(CheckedWrite {
+        Ok(Box::new(CheckedTxn {
             inner: self.inner.begin_write()?,
         }))
     }
@@ -112,13 +89,21 @@ impl Backend for CheckedBackend {
     }
 }
 
-struct CheckedRead {
-    inner: Box<dyn ReadTxn>,
+/// A read or write transaction of the wrapped engine whose reads are checked.
+struct CheckedTxn<T: ?Sized> {
+    inner: Box<T>,
 }
 
-impl ReadTxn for CheckedRead {
+impl<T: ReadTxn + ?Sized> ReadTxn for CheckedTxn<T> {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        checked_get(&*self.inner, table, key)
+        match self.inner.get(table, key)? {
+            None => Ok(None),
+            Some(mut stored) => {
+                let len = open(table, key, &stored)?.len();
+                stored.truncate(len);
+                Ok(Some(stored))
+            }
+        }
     }
 
     fn scan(
@@ -128,31 +113,13 @@ impl ReadTxn for CheckedRead {
         direction: Direction,
         visit: &mut Visitor<'_>,
     ) -> Result<()> {
-        checked_scan(&*self.inner, table, bounds, direction, visit)
+        self.inner.scan(table, bounds, direction, &mut |k, v| {
+            visit(k, open(table, k, v)?)
+        })
     }
 }
 
-struct CheckedWrite {
-    inner: Box<dyn WriteTxn>,
-}
-
-impl ReadTxn for CheckedWrite {
-    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        checked_get(&*self.inner, table, key)
-    }
-
-    fn scan(
-        &self,
-        table: Table,
-        bounds: KeyBounds<'_>,
-        direction: Direction,
-        visit: &mut Visitor<'_>,
-    ) -> Result<()> {
-        checked_scan(&*self.inner, table, bounds, direction, visit)
-    }
-}
-
-impl WriteTxn for CheckedWrite {
+impl WriteTxn for CheckedTxn<dyn WriteTxn> {
     fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<()> {
         self.inner.put(table, key, &seal(table, key, value))
     }

@@ -156,14 +156,14 @@ impl FaultyBackend {
 
 impl Backend for FaultyBackend {
     fn begin_read(&self) -> Result<Box<dyn ReadTxn>> {
-        Ok(Box::new(FaultyRead {
+        Ok(Box::new(FaultyTxn {
             inner: self.inner.begin_read()?,
             plan: self.plan.clone(),
         }))
     }
 
     fn begin_write(&self) -> Result<Box<dyn WriteTxn>> {
-        Ok(Box::new(FaultyWrite {
+        Ok(Box::new(FaultyTxn {
             inner: self.inner.begin_write()?,
             plan: self.plan.clone(),
         }))
@@ -199,44 +199,20 @@ fn flip_middle_bit(bytes: &[u8]) -> Vec<u8> {
     out
 }
 
-fn faulty_get(
-    inner: &dyn ReadTxn,
-    plan: &FaultPlan,
-    table: Table,
-    key: &[u8],
-) -> Result<Option<Vec<u8>>> {
-    let Some(stored) = inner.get(table, key)? else {
-        return Ok(None);
-    };
-    Ok(Some(corrupt_value(plan, table, &stored)?.unwrap_or(stored)))
-}
-
-fn faulty_scan(
-    inner: &dyn ReadTxn,
-    plan: &FaultPlan,
-    table: Table,
-    bounds: KeyBounds<'_>,
-    direction: Direction,
-    visit: &mut Visitor<'_>,
-) -> Result<()> {
-    inner.scan(table, bounds, direction, &mut |k, v| {
-        let value = corrupt_value(plan, table, v)?;
-        let value = value.as_deref().unwrap_or(v);
-        if !k.is_empty() && plan.hit(Fault::FlipKeyBit, Some(table)) {
-            return visit(&flip_middle_bit(k), value);
-        }
-        visit(k, value)
-    })
-}
-
-struct FaultyRead {
-    inner: Box<dyn ReadTxn>,
+/// A read or write transaction of the wrapped engine whose reads may be damaged.
+struct FaultyTxn<T: ?Sized> {
+    inner: Box<T>,
     plan: Arc<FaultPlan>,
 }
 
-impl ReadTxn for FaultyRead {
+impl<T: ReadTxn + ?Sized> ReadTxn for FaultyTxn<T> {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        faulty_get(&*self.inner, &self.plan, table, key)
+        let Some(stored) = self.inner.get(table, key)? else {
+            return Ok(None);
+        };
+        Ok(Some(
+            corrupt_value(&self.plan, table, &stored)?.unwrap_or(stored),
+        ))
     }
 
     fn scan(
@@ -246,32 +222,19 @@ impl ReadTxn for FaultyRead {
         direction: Direction,
         visit: &mut Visitor<'_>,
     ) -> Result<()> {
-        faulty_scan(&*self.inner, &self.plan, table, bounds, direction, visit)
+        let plan = &self.plan;
+        self.inner.scan(table, bounds, direction, &mut |k, v| {
+            let value = corrupt_value(plan, table, v)?;
+            let value = value.as_deref().unwrap_or(v);
+            if !k.is_empty() && plan.hit(Fault::FlipKeyBit, Some(table)) {
+                return visit(&flip_middle_bit(k), value);
+            }
+            visit(k, value)
+        })
     }
 }
 
-struct FaultyWrite {
-    inner: Box<dyn WriteTxn>,
-    plan: Arc<FaultPlan>,
-}
-
-impl ReadTxn for FaultyWrite {
-    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        faulty_get(&*self.inner, &self.plan, table, key)
-    }
-
-    fn scan(
-        &self,
-        table: Table,
-        bounds: KeyBounds<'_>,
-        direction: Direction,
-        visit: &mut Visitor<'_>,
-    ) -> Result<()> {
-        faulty_scan(&*self.inner, &self.plan, table, bounds, direction, visit)
-    }
-}
-
-impl WriteTxn for FaultyWrite {
+impl WriteTxn for FaultyTxn<dyn WriteTxn> {
     fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<()> {
         self.inner.put(table, key, value)
     }
