@@ -16,11 +16,10 @@ use tonic::transport::Channel;
 
 use super::cluster::ProcCluster;
 use super::workload::{Segment, KEYS, PREFIX};
-use crate::common::{get, range_req, rev};
+use crate::common::{eventually, get, range_req, rev};
 
 /// Longest wait for every member to apply the final revision.
 const CONVERGE_WAIT: Duration = Duration::from_secs(60);
-const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Every committed write to the keys, in revision order, read back version by version
 /// (nothing is compacted) from the member behind `kv`, which must have applied
@@ -134,8 +133,8 @@ pub fn check_watch(
 /// Waits until every member reports exactly `revision` as its current revision (nothing
 /// writes after the final read), so all have applied the same history.
 pub async fn wait_converged(cluster: &ProcCluster, revision: i64) {
-    let deadline = Instant::now() + CONVERGE_WAIT;
-    loop {
+    let what = format!("members to converge on revision {revision}");
+    eventually(&what, CONVERGE_WAIT, async || {
         let mut seen = Vec::new();
         for i in 0..cluster.len() {
             let r = cluster
@@ -146,14 +145,12 @@ pub async fn wait_converged(cluster: &ProcCluster, revision: i64) {
             seen.push(r);
         }
         if seen.iter().all(|r| *r == Some(revision)) {
-            return;
+            Ok(())
+        } else {
+            Err(format!("{seen:?}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "members did not converge on revision {revision} within {CONVERGE_WAIT:?}: {seen:?}"
-        );
-        tokio::time::sleep(POLL_INTERVAL).await;
-    }
+    })
+    .await
 }
 
 /// `HashKV` of every member at `revision`; panics unless all agree.
@@ -184,27 +181,19 @@ pub async fn final_read(
     leader: usize,
     origin: Instant,
 ) -> (u64, u64, keel_api::etcdserverpb::RangeResponse) {
-    let mut kv = cluster.kv(leader);
-    let deadline = Instant::now() + CONVERGE_WAIT;
-    loop {
+    let kv = cluster.kv(leader);
+    eventually("the final read", CONVERGE_WAIT, async || {
         let call_ns = super::workload::ns_since(origin);
-        match kv.range(crate::common::prefix_req(PREFIX)).await {
-            Ok(resp) => {
-                let resp = resp.into_inner();
-                tracing::info!(revision = rev(&resp), "final read");
-                return (call_ns, super::workload::ns_since(origin), resp);
-            }
-            Err(s) => {
-                assert!(
-                    Instant::now() < deadline,
-                    "final read: {:?}: {}",
-                    s.code(),
-                    s.message()
-                );
-                tokio::time::sleep(POLL_INTERVAL).await;
-            }
-        }
-    }
+        let resp = kv
+            .clone()
+            .range(crate::common::prefix_req(PREFIX))
+            .await
+            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+            .into_inner();
+        tracing::info!(revision = rev(&resp), "final read");
+        Ok((call_ns, super::workload::ns_since(origin), resp))
+    })
+    .await
 }
 
 /// What [`resolve_unknown_writes`] did.

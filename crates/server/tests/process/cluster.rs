@@ -22,6 +22,7 @@ use rustix::process::{kill_process, Pid, Signal};
 use tonic::transport::{Channel, Endpoint};
 
 use super::proxy::{LinkMode, LinkProxy};
+use crate::common::eventually;
 
 /// Raft timings of the members (the in-process tests use the same).
 pub const HEARTBEAT_MS: u64 = 100;
@@ -349,19 +350,12 @@ impl ProcCluster {
 
     /// Waits until all members agree on a leader; panics after `timeout`.
     pub async fn wait_for_leader(&self, timeout: Duration) -> usize {
-        let deadline = Instant::now() + timeout;
-        loop {
-            match self.agreed_leader().await {
-                Ok(l) => return l,
-                Err(e) if Instant::now() >= deadline => {
-                    panic!(
-                        "no agreed leader within {timeout:?}: {e}; member errors:\n{}",
-                        self.error_lines()
-                    )
-                }
-                Err(_) => tokio::time::sleep(POLL_INTERVAL).await,
-            }
-        }
+        eventually("an agreed leader", timeout, async || {
+            self.agreed_leader()
+                .await
+                .map_err(|e| format!("{e}; member errors:\n{}", self.error_lines()))
+        })
+        .await
     }
 
     fn signal(&self, i: usize, signal: Signal) {
