@@ -56,13 +56,20 @@ impl Link {
     }
 
     /// Queues `req` (whose request id is `id`) and returns where its answer will arrive;
-    /// `None` if the stream has ended.
-    fn send(&self, id: u64, req: ForwardRequest) -> Option<oneshot::Receiver<Answer>> {
+    /// gives `req` back if the stream has ended.
+    fn send(
+        &self,
+        id: u64,
+        req: ForwardRequest,
+    ) -> Result<oneshot::Receiver<Answer>, ForwardRequest> {
         let (tx, rx) = oneshot::channel();
-        lock(&self.pending).as_mut()?.insert(id, tx);
+        match lock(&self.pending).as_mut() {
+            Some(pending) => pending.insert(id, tx),
+            None => return Err(req),
+        };
         // If the stream ends after the insert, its task fails the waiter.
         let _ = self.requests.unbounded_send(req);
-        Some(rx)
+        Ok(rx)
     }
 }
 
@@ -113,14 +120,14 @@ impl Forwarder {
             let link = links
                 .entry(leader)
                 .or_insert_with(|| Link::open(client.clone()));
-            match link.send(id, req.clone()) {
-                Some(answer) => answer,
-                None => {
+            match link.send(id, req) {
+                Ok(answer) => answer,
+                Err(req) => {
                     // The old stream ended (its waiters already have their error): open anew.
                     let link = Link::open(client);
                     let answer = link.send(id, req);
                     links.insert(leader, link);
-                    answer.ok_or_else(|| Status::unavailable("forward stream ended"))?
+                    answer.map_err(|_| Status::unavailable("forward stream ended"))?
                 }
             }
         };
