@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use keel_api::etcdserverpb::kv_client::KvClient;
-use keel_api::etcdserverpb::{HashKvRequest, RangeRequest};
+use keel_api::etcdserverpb::RangeRequest;
 use tonic::transport::Channel;
 
 /// One acknowledged write: what a client was told succeeded.
@@ -122,30 +122,6 @@ async fn wait_caught_up(
         },
     )
     .await;
-}
-
-/// Every running member reports the same KV hash at the same revision.
-async fn assert_same_hash(cluster: &TestCluster) {
-    let mut hashes = Vec::new();
-    for i in cluster.running() {
-        // A linearizable read first, so every member has applied the same entries.
-        get(&mut cluster.kv(i), range_req("\0", "\0")).await;
-        let resp = ok(
-            "hash_kv",
-            cluster
-                .maintenance(i)
-                .hash_kv(HashKvRequest { revision: 0 })
-                .await,
-        );
-        let revision = resp.header.expect("hash header").revision;
-        hashes.push((i, revision, resp.hash));
-    }
-    assert!(
-        hashes
-            .windows(2)
-            .all(|w| (w[0].1, w[0].2) == (w[1].1, w[1].2)),
-        "members disagree on the KV hash: {hashes:?}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use keel_api::etcdserverpb::{HashKvRequest, RangeRequest};
+use keel_api::etcdserverpb::RangeRequest;
 use keel_server::WrapBackend;
 use keel_storage::{Backend, Fault, FaultPlan, FaultSpec, FaultyBackend, Table};
 
@@ -65,30 +65,6 @@ async fn assert_acked_present(cluster: &TestCluster, i: usize, acked: &BTreeMap<
         }
     })
     .await;
-}
-
-/// The running members report one HashKV at one revision (after a linearizable read each,
-/// so they have applied the same entries).
-async fn assert_same_hash(cluster: &TestCluster) {
-    let mut hashes = Vec::new();
-    for i in cluster.running() {
-        get(&mut cluster.kv(i), range_req("\0", "\0")).await;
-        let resp = ok(
-            "hash_kv",
-            cluster
-                .maintenance(i)
-                .hash_kv(HashKvRequest { revision: 0 })
-                .await,
-        );
-        hashes.push((i, resp.header.map_or(0, |h| h.revision), resp.hash));
-    }
-    tracing::info!(?hashes, "HashKV");
-    assert!(
-        hashes
-            .windows(2)
-            .all(|w| (w[0].1, w[0].2) == (w[1].1, w[1].2)),
-        "members disagree on the KV hash: {hashes:?}"
-    );
 }
 
 /// Waits for member `i` to stop on its own and checks it serves nothing any more.

@@ -649,6 +649,31 @@ pub fn to_sim(r: &keel_api::etcdserverpb::WatchResponse) -> keel_sim::watch::Wat
     }
 }
 
+/// Every running member reports the same KV hash at the same revision (after a
+/// linearizable read each, so all have applied the same entries).
+pub async fn assert_same_hash(cluster: &TestCluster) {
+    let mut hashes = Vec::new();
+    for i in cluster.running() {
+        get(&mut cluster.kv(i), range_req("\0", "\0")).await;
+        let resp = ok(
+            "hash_kv",
+            cluster
+                .maintenance(i)
+                .hash_kv(keel_api::etcdserverpb::HashKvRequest { revision: 0 })
+                .await,
+        );
+        let revision = resp.header.expect("hash header").revision;
+        hashes.push((i, revision, resp.hash));
+    }
+    tracing::info!(?hashes, "HashKV");
+    assert!(
+        hashes
+            .windows(2)
+            .all(|w| (w[0].1, w[0].2) == (w[1].1, w[1].2)),
+        "members disagree on the KV hash: {hashes:?}"
+    );
+}
+
 /// Waits until every member serves `HashKV` at `revision` (it has applied that far), then
 /// asserts they all agree.
 pub async fn assert_hash_kv_agrees(cluster: &TestCluster, revision: i64) {
