@@ -8,7 +8,7 @@
 # markdown table and an SVG chart. Absolute numbers on small shared machines are
 # noise; the ratios from one run are the result.
 #
-# Usage: bench/compare.sh [--profile short|full] [--systems "etcd keel"]
+# Usage: bench/compare.sh [--profile short|full|footprint] [--systems "etcd keel"]
 #                         [--rebuild] [--keep-data] [--out-dir DIR]
 # Env:   KEEL_BIN, BENCH_BIN (use these binaries instead of target/release/...),
 #        BENCH_WORK_DIR (data dirs; default target/bench-work, on the repo's disk),
@@ -40,7 +40,9 @@ done
 case "$PROFILE" in
   short) DURATION_S=3; KEYS=2000; FOOTPRINT_KEYS=20000; FSYNC_S=2 ;;
   full) DURATION_S=20; KEYS=100000; FOOTPRINT_KEYS=1000000; FSYNC_S=5 ;;
-  *) echo "compare.sh: --profile must be short or full" >&2; exit 2 ;;
+  # Only the footprint and restart measures, at full size (about 5 minutes).
+  footprint) DURATION_S=0; KEYS=0; FOOTPRINT_KEYS=1000000; FSYNC_S=2 ;;
+  *) echo "compare.sh: --profile must be short, full or footprint" >&2; exit 2 ;;
 esac
 
 log() { printf '\n== %s\n' "$*" >&2; }
@@ -206,6 +208,13 @@ run() { # system case subcommand [args...]
 }
 
 workloads() { # system
+  local s=$1
+  [[ $PROFILE == footprint ]] || throughput_workloads "$s"
+  run "$s" footprint footprint --clients 64 --count "$FOOTPRINT_KEYS" --prefix footprint/ \
+    --pids "$(IFS=,; echo "${MEMBER_PID[*]}")" --data-dirs "$(IFS=,; echo "${MEMBER_DIR[*]}")"
+}
+
+throughput_workloads() { # system
   local s=$1 d=(--duration-s "$DURATION_S") k=(--keys "$KEYS")
   run "$s" put/c1 put --clients 1 "${d[@]}" "${k[@]}"
   run "$s" put/c16 put --clients 16 "${d[@]}" "${k[@]}"
@@ -220,8 +229,6 @@ workloads() { # system
   run "$s" lock/c16-m16 lock --clients 16 --locks 16 "${d[@]}"
   run "$s" lock-recipe/c16-m1 lock --recipe --clients 16 --locks 1 "${d[@]}"
   run "$s" watch/w100-r100 watch --watchers 100 --rate 100 "${d[@]}"
-  run "$s" footprint footprint --clients 64 --count "$FOOTPRINT_KEYS" --prefix footprint/ \
-    --pids "$(IFS=,; echo "${MEMBER_PID[*]}")" --data-dirs "$(IFS=,; echo "${MEMBER_DIR[*]}")"
 }
 
 # Restart member 3 and time from its spawn to its first linearizable read.

@@ -5,6 +5,12 @@
 //! same transaction), and snapshots built from / installed into the applier.
 //! Must never: interpret entry payloads (the server's apply layer does), or let Raft purge log
 //! entries the state machine has not made durable (a snapshot first calls `Applier::sync`).
+//!
+//! The store is itself durable, so a "built" snapshot is only a point the store has made
+//! durable: building records its metadata and keeps no copy of the data. The data is dumped
+//! when a follower needs it, from one consistent read, together with the metadata of that read
+//! (which may be newer than the last build: every applied entry is committed). This keeps a
+//! member's memory independent of its data size and its restart free of a full dump.
 
 use std::io::{self, Cursor};
 use std::sync::{Arc, Mutex};
@@ -37,21 +43,20 @@ pub trait Applier: Send + Sync + 'static {
 }
 
 type RaftState = (Option<LogId>, StoredMembership);
-/// The last snapshot built or installed: its metadata and the dump.
-type CurrentSnapshot = Option<(SnapshotMeta, Vec<u8>)>;
 
 /// openraft's view of the state machine.
 #[derive(Clone)]
 pub struct StateMachine {
     applier: Arc<dyn Applier>,
-    current: Arc<Mutex<CurrentSnapshot>>,
+    /// The last snapshot built or installed (none yet since this process started).
+    built: Arc<Mutex<Option<SnapshotMeta>>>,
 }
 
 impl StateMachine {
     pub fn new(applier: Arc<dyn Applier>) -> Self {
         Self {
             applier,
-            current: Arc::new(Mutex::new(None)),
+            built: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -62,8 +67,15 @@ impl StateMachine {
         }
     }
 
-    fn set_current(&self, meta: SnapshotMeta, dump: Vec<u8>) {
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some((meta, dump));
+    fn set_built(&self, meta: SnapshotMeta) {
+        *self.built.lock().unwrap_or_else(|p| p.into_inner()) = Some(meta);
+    }
+
+    fn is_built(&self) -> bool {
+        self.built
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
     }
 }
 
@@ -75,19 +87,20 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     ) -> Result<openraft::alias::SnapshotOf<TypeConfig, Cursor<Vec<u8>>>, io::Error> {
         crate::crash_point!("snapshot::before_build");
         // Raft purges its log up to the snapshot once this returns, so what the snapshot covers
-        // must survive a crash of the state machine's non-durable commits.
+        // must survive a crash of the state machine's non-durable commits: read the applied
+        // state first, then make at least that much durable.
+        let (last_log_id, last_membership) = self.raft_state()?;
         self.applier.sync()?;
-        let (state, dump) = self.applier.snapshot()?;
-        let (last_log_id, last_membership): RaftState = decode_record(&state)?;
         let meta = SnapshotMeta {
             last_log_id,
             last_membership,
         };
-        self.set_current(meta.clone(), dump.clone());
+        self.set_built(meta.clone());
         crate::crash_point!("snapshot::after_build");
+        // openraft keeps only the metadata of a built snapshot; the data is dumped on demand.
         Ok(openraft::storage::Snapshot {
             meta,
-            snapshot: Cursor::new(dump),
+            snapshot: Cursor::new(Vec::new()),
         })
     }
 }
@@ -158,21 +171,124 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             bytes = dump.len(),
             "installed a snapshot from the leader"
         );
-        self.set_current(meta.clone(), dump);
+        self.set_built(meta.clone());
         Ok(())
     }
 
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<openraft::alias::SnapshotOf<TypeConfig, Cursor<Vec<u8>>>>, io::Error> {
-        let current = self
-            .current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        Ok(current.map(|(meta, dump)| openraft::storage::Snapshot {
-            meta,
+        // Before the first build since start there is no snapshot: at startup openraft then
+        // builds one (cheaply) if its log was purged, instead of reading a dump here.
+        if !self.is_built() {
+            return Ok(None);
+        }
+        let (state, dump) = self.applier.snapshot()?;
+        let (last_log_id, last_membership): RaftState = decode_record(&state)?;
+        Ok(Some(openraft::storage::Snapshot {
+            meta: SnapshotMeta {
+                last_log_id,
+                last_membership,
+            },
             snapshot: Cursor::new(dump),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::vote::RaftLeaderIdExt;
+
+    use super::*;
+
+    type LeaderId = openraft::alias::LeaderIdOf<TypeConfig>;
+
+    /// An applier that records which of its methods were called, in order.
+    #[derive(Default)]
+    struct Recording {
+        calls: Mutex<Vec<&'static str>>,
+        /// (raft_state, data)
+        state: Mutex<(Option<Vec<u8>>, Vec<u8>)>,
+    }
+
+    impl Recording {
+        fn set(&self, applied: u64, data: &[u8]) {
+            let state = encode_record(&(
+                Some(LogId::new(LeaderId::new_committed(1, 7), applied)),
+                StoredMembership::default(),
+            ))
+            .expect("encode");
+            *self.state.lock().unwrap() = (Some(state), data.to_vec());
+        }
+
+        fn calls(&self) -> Vec<&'static str> {
+            std::mem::take(&mut *self.calls.lock().unwrap())
+        }
+
+        fn record(&self, call: &'static str) {
+            self.calls.lock().unwrap().push(call);
+        }
+    }
+
+    impl Applier for Recording {
+        fn load_raft_state(&self) -> io::Result<Option<Vec<u8>>> {
+            self.record("load");
+            Ok(self.state.lock().unwrap().0.clone())
+        }
+        fn apply(&self, _: &[Option<&[u8]>], _: &[u8]) -> io::Result<Vec<Vec<u8>>> {
+            unreachable!("not applied in these tests")
+        }
+        fn sync(&self) -> io::Result<()> {
+            self.record("sync");
+            Ok(())
+        }
+        fn snapshot(&self) -> io::Result<(Vec<u8>, Vec<u8>)> {
+            self.record("snapshot");
+            let (state, data) = self.state.lock().unwrap().clone();
+            Ok((state.expect("state"), data))
+        }
+        fn restore(&self, _: &[u8]) -> io::Result<()> {
+            unreachable!("not restored in these tests")
+        }
+    }
+
+    fn index(meta: &SnapshotMeta) -> u64 {
+        meta.last_log_id.as_ref().map_or(0, |id| id.index)
+    }
+
+    #[tokio::test]
+    async fn a_build_syncs_what_it_read_and_keeps_no_data() {
+        let applier = Arc::new(Recording::default());
+        applier.set(5, b"at five");
+        let mut sm = StateMachine::new(applier.clone());
+
+        // Nothing built since start: no snapshot, and no dump was made to say so.
+        assert!(sm.get_current_snapshot().await.expect("get").is_none());
+        assert_eq!(applier.calls(), Vec::<&str>::new());
+
+        let built = sm.build_snapshot().await.expect("build");
+        assert_eq!(index(&built.meta), 5);
+        assert!(built.snapshot.get_ref().is_empty());
+        // The applied state is read before the sync, so the sync covers all it claims.
+        assert_eq!(applier.calls(), ["load", "sync"]);
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_is_dumped_on_demand_with_the_metadata_of_its_own_read() {
+        let applier = Arc::new(Recording::default());
+        applier.set(5, b"at five");
+        let mut sm = StateMachine::new(applier.clone());
+        sm.build_snapshot().await.expect("build");
+        applier.calls();
+
+        applier.set(9, b"at nine");
+        let snapshot = sm
+            .get_current_snapshot()
+            .await
+            .expect("get")
+            .expect("built");
+        assert_eq!(index(&snapshot.meta), 9);
+        assert_eq!(snapshot.snapshot.into_inner(), b"at nine");
+        assert_eq!(applier.calls(), ["snapshot"]);
     }
 }
