@@ -13,7 +13,8 @@
 //! member's memory independent of its data size and its restart free of a full dump.
 
 use std::io::{self, Cursor};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use futures::{Stream, TryStreamExt};
 use openraft::entry::RaftEntry;
@@ -48,15 +49,15 @@ type RaftState = (Option<LogId>, StoredMembership);
 #[derive(Clone)]
 pub struct StateMachine {
     applier: Arc<dyn Applier>,
-    /// The last snapshot built or installed (none yet since this process started).
-    built: Arc<Mutex<Option<SnapshotMeta>>>,
+    /// Whether a snapshot was built or installed since this process started.
+    built: Arc<AtomicBool>,
 }
 
 impl StateMachine {
     pub fn new(applier: Arc<dyn Applier>) -> Self {
         Self {
             applier,
-            built: Arc::new(Mutex::new(None)),
+            built: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -65,17 +66,6 @@ impl StateMachine {
             Some(bytes) => decode_record(&bytes),
             None => Ok((None, StoredMembership::default())),
         }
-    }
-
-    fn set_built(&self, meta: SnapshotMeta) {
-        *self.built.lock().unwrap_or_else(|p| p.into_inner()) = Some(meta);
-    }
-
-    fn is_built(&self) -> bool {
-        self.built
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some()
     }
 }
 
@@ -95,7 +85,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             last_log_id,
             last_membership,
         };
-        self.set_built(meta.clone());
+        self.built.store(true, Ordering::Release);
         crate::crash_point!("snapshot::after_build");
         // openraft keeps only the metadata of a built snapshot; the data is dumped on demand.
         Ok(openraft::storage::Snapshot {
@@ -171,7 +161,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             bytes = dump.len(),
             "installed a snapshot from the leader"
         );
-        self.set_built(meta.clone());
+        self.built.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -180,7 +170,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<Option<openraft::alias::SnapshotOf<TypeConfig, Cursor<Vec<u8>>>>, io::Error> {
         // Before the first build since start there is no snapshot: at startup openraft then
         // builds one (cheaply) if its log was purged, instead of reading a dump here.
-        if !self.is_built() {
+        if !self.built.load(Ordering::Acquire) {
             return Ok(None);
         }
         let (state, dump) = self.applier.snapshot()?;
@@ -197,6 +187,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
     use openraft::vote::RaftLeaderIdExt;
 
     use super::*;

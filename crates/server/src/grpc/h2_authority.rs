@@ -8,6 +8,8 @@
 //! the client's frames, HPACK-decodes each header block with the client's dynamic table,
 //! replaces an invalid `:authority` by its authority part (`127.0.0.1:2379`), or drops it
 //! when there is none, and re-encodes every block statelessly so h2's decoder stays in step.
+//! A connection whose first header block has a valid `:authority` (every client but etcdctl
+//! 3.4) is left alone from that block on: the rewriting is paid only by the clients that need it.
 //!
 //! Owns: the read side of one connection up to h2 (writes pass untouched). Everything but
 //! header blocks passes byte for byte; DATA payloads go straight from the socket into h2's
