@@ -310,7 +310,7 @@ fn frame_header_block(head: FrameHead, priority: &[u8], fields: &[Field]) -> Byt
 
 /// Replaces every invalid `:authority` by its authority part, or drops it when there is
 /// none (`:authority` is optional in HTTP/2). Valid ones, and every other field, stay.
-/// Repairs or drops an invalid `:authority`; true if it changed anything.
+/// True if it changed anything.
 fn fix_authority(fields: &mut Vec<Field>) -> bool {
     let mut changed = false;
     fields.retain_mut(|field| {
