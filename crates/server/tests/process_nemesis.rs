@@ -288,11 +288,11 @@ const LINK_DELAY: Duration = Duration::from_millis(300);
 
 /// A malformed `KEEL_PEER_DIAL_MAP` stops `keel` at start, before it binds anything, with a
 /// message naming the variable and the bad entry.
-#[test]
-fn a_bad_peer_dial_map_stops_keel_with_a_clear_error() {
+#[tokio::test]
+async fn a_bad_peer_dial_map_stops_keel_with_a_clear_error() {
     let dir = tempfile::tempdir().expect("temp dir");
     let data_dir = dir.path().join("member");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keel"))
         .args(["--data-dir", data_dir.to_str().expect("utf-8 temp path")])
         // Port 0 everywhere: should the check regress, the member binds nothing fixed.
         .args(["--listen-client-urls", "http://127.0.0.1:0"])
@@ -303,23 +303,16 @@ fn a_bad_peer_dial_map_stops_keel_with_a_clear_error() {
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
+        // A keel that keeps running despite the check is killed when the test gives up.
+        .kill_on_drop(true)
         .spawn()
         .expect("spawn keel");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("keel kept running with a malformed KEEL_PEER_DIAL_MAP");
-        }
-        // Polling cadence while the process exits, not a synchroniser.
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let output = child.wait_with_output().expect("collect output");
+    let output = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .expect("keel kept running with a malformed KEEL_PEER_DIAL_MAP")
+        .expect("collect output");
     let stderr = String::from_utf8_lossy(&output.stderr);
+    let status = output.status;
     assert!(!status.success(), "keel exited with {status}");
     assert!(
         stderr.contains("KEEL_PEER_DIAL_MAP entry") && stderr.contains("not-an-address"),

@@ -13,7 +13,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use keel_api::etcdserverpb::kv_client::KvClient;
 use keel_api::etcdserverpb::maintenance_client::MaintenanceClient;
@@ -35,8 +35,6 @@ const START_ATTEMPTS_MAX: usize = 5;
 const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
 /// Bound on every unary call through a member's channel, so no check hangs on a dead member.
 const RPC_TIMEOUT: Duration = Duration::from_secs(10);
-/// Polling cadence of readiness and leader checks (not a synchroniser).
-const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// Set to keep the temp dir (data and logs) even when the test passes.
 const KEEP_ENV: &str = "KEEL_NEMESIS_KEEP";
 
@@ -247,12 +245,10 @@ impl ProcCluster {
     /// its port was taken between choosing and binding it; panics with its log otherwise.
     async fn wait_ready(&mut self, i: usize) {
         let mut attempts = 1;
-        let deadline = Instant::now() + READY_WAIT;
-        loop {
+        let what = format!("m{i} to answer Status");
+        let id = eventually(&what, READY_WAIT, async || {
             if let Some(status) = self.status(i).await {
-                let id = status.header.as_ref().map_or(0, |h| h.member_id);
-                self.members[i].member_id = id;
-                return;
+                return Ok(status.header.as_ref().map_or(0, |h| h.member_id));
             }
             let exited = self.members[i]
                 .child
@@ -272,13 +268,10 @@ impl ProcCluster {
                 tracing::warn!(member = i, "port taken; starting again");
                 self.spawn(i);
             }
-            assert!(
-                Instant::now() < deadline,
-                "m{i} did not answer Status within {READY_WAIT:?}; log tail:\n{}",
-                self.log_tail(i, 4096)
-            );
-            tokio::time::sleep(POLL_INTERVAL).await;
-        }
+            Err(format!("log tail:\n{}", self.log_tail(i, 4096)))
+        })
+        .await;
+        self.members[i].member_id = id;
     }
 
     /// The `ERROR` lines at the end of every member's log (a member that stopped itself,
