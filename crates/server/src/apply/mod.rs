@@ -217,6 +217,10 @@ fn apply_one(
                 header: header(batch.current_revision()),
             })
         }),
+        Some(Req::LeaseClock(c)) => {
+            lease::advance_clock(batch, c.advance_ms).map_err(io_error)?;
+            return Ok(InternalResponse::default());
+        }
         Some(Req::MemberAttributes(m)) => {
             batch
                 .put_meta(&member_key(m.id), &m.encode_to_vec())

@@ -57,6 +57,7 @@ impl Lease for LeaseService {
         }
         req.ttl = req.ttl.max(self.server.limits.min_lease_ttl_s);
         let chosen_by_server = req.id == 0;
+        self.server.leases.await_primary(&self.server).await;
         for _ in 0..GRANT_ATTEMPTS_MAX {
             if chosen_by_server {
                 req.id = random_lease_id();

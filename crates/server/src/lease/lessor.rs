@@ -1,11 +1,12 @@
 //! The lessor core: which leases are alive and when each expires, as the leader sees it.
 //!
-//! Owns: expiry deadlines, renewals, and the remaining-TTL checkpoints the leader replicates.
-//! Only the primary (the leader's lessor) keeps deadlines; a follower's lessor is empty and
-//! learns everything from the store when it is promoted.
+//! Owns: expiry deadlines, renewals, and what the leader replicates about time: how far the
+//! lease clock moves (see `apply::lease`) and the remaining TTLs of renewed leases. Only the
+//! primary (the leader's lessor) keeps deadlines; a follower's lessor is empty and learns
+//! everything from the store when it is promoted.
 //! Must never: read a clock (time is an argument) or do I/O.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use crate::apply::lease::LeaseRecord;
@@ -20,6 +21,11 @@ struct Live {
 pub struct Lessor {
     primary: bool,
     leases: HashMap<i64, Live>,
+    /// Leases renewed since their deadline was last replicated.
+    renewed: HashSet<i64>,
+    /// The time before this instant is in the replicated lease clock, or was left out of it
+    /// because no lease was alive. `None` unless primary.
+    clock_mark: Option<Instant>,
 }
 
 fn secs(s: i64) -> Duration {
@@ -31,19 +37,28 @@ impl Lessor {
         self.primary
     }
 
-    /// Becomes primary: every stored lease expires after its checkpointed remaining TTL plus
-    /// `extend` (etcd extends by an election timeout so clients have time to find the new
-    /// leader before their leases expire).
-    pub fn promote(&mut self, now: Instant, records: &[(i64, LeaseRecord)], extend: Duration) {
+    /// Becomes primary: every stored lease expires after its remaining TTL on the lease clock
+    /// (`clock_ms`, as stored) plus `extend` (etcd extends by an election timeout so clients
+    /// have time to find the new leader before their leases expire).
+    pub fn promote(
+        &mut self,
+        now: Instant,
+        clock_ms: i64,
+        records: &[(i64, LeaseRecord)],
+        extend: Duration,
+    ) {
         self.primary = true;
+        self.renewed.clear();
+        self.clock_mark = Some(now);
         self.leases = records
             .iter()
             .map(|(id, r)| {
+                let left = Duration::from_millis(r.remaining_ms(clock_ms) as u64);
                 (
                     *id,
                     Live {
                         ttl_s: r.ttl_s,
-                        expiry: now + secs(r.remaining_s) + extend,
+                        expiry: now + left + extend,
                     },
                 )
             })
@@ -53,11 +68,17 @@ impl Lessor {
     pub fn demote(&mut self) {
         self.primary = false;
         self.leases.clear();
+        self.renewed.clear();
+        self.clock_mark = None;
     }
 
     /// A grant was applied.
     pub fn granted(&mut self, id: i64, ttl_s: i64, now: Instant) {
         if self.primary {
+            if self.leases.is_empty() {
+                // The clock did not count the time without leases; it starts again now.
+                self.clock_mark = Some(now);
+            }
             self.leases.insert(
                 id,
                 Live {
@@ -71,6 +92,7 @@ impl Lessor {
     /// A revoke was applied.
     pub fn revoked(&mut self, id: i64) {
         self.leases.remove(&id);
+        self.renewed.remove(&id);
     }
 
     /// A keepalive: restarts the lease's TTL. Returns the TTL, or `None` for an unknown or
@@ -81,6 +103,7 @@ impl Lessor {
             return None;
         }
         live.expiry = now + secs(live.ttl_s);
+        self.renewed.insert(id);
         Some(live.ttl_s)
     }
 
@@ -103,18 +126,37 @@ impl Lessor {
         due.into_iter().take(max).map(|(_, id)| id).collect()
     }
 
-    /// The remaining TTL of every lease, rounded up so a checkpoint never shortens a lease.
-    pub fn checkpoints(&self, now: Instant) -> Vec<(i64, i64)> {
+    /// How far to move the lease clock: the time since the last move, if any lease is alive
+    /// (with none, the time is left out and nothing is proposed). `None` unless primary.
+    pub fn clock_advance(&mut self, now: Instant) -> Option<u64> {
+        let mark = self.clock_mark.as_mut()?;
+        let elapsed = now.saturating_duration_since(*mark);
+        *mark = now;
+        (!self.leases.is_empty()).then_some(elapsed.as_millis() as u64)
+    }
+
+    /// The remaining TTLs of the leases renewed since the last call, rounded up so a checkpoint
+    /// never shortens a lease. They count as replicated from here on; see [`Lessor::unsent`].
+    pub fn checkpoints(&mut self, now: Instant) -> Vec<(i64, i64)> {
         let mut out: Vec<(i64, i64)> = self
-            .leases
-            .iter()
-            .map(|(id, l)| {
-                let left = l.expiry.saturating_duration_since(now);
-                (*id, left.as_secs_f64().ceil() as i64)
+            .renewed
+            .drain()
+            .filter_map(|id| {
+                let left = self.leases.get(&id)?.expiry.saturating_duration_since(now);
+                Some((id, left.as_secs_f64().ceil() as i64))
             })
             .collect();
         out.sort_unstable();
         out
+    }
+
+    /// Checkpoints that were not replicated: they go out again with the next ones.
+    pub fn unsent(&mut self, ids: impl IntoIterator<Item = i64>) {
+        let live: Vec<i64> = ids
+            .into_iter()
+            .filter(|id| self.leases.contains_key(id))
+            .collect();
+        self.renewed.extend(live);
     }
 }
 
@@ -122,8 +164,8 @@ impl Lessor {
 mod tests {
     use super::*;
 
-    fn record(ttl_s: i64, remaining_s: i64) -> LeaseRecord {
-        LeaseRecord { ttl_s, remaining_s }
+    fn record(ttl_s: i64, deadline_ms: i64) -> LeaseRecord {
+        LeaseRecord { ttl_s, deadline_ms }
     }
 
     #[test]
@@ -132,7 +174,13 @@ mod tests {
         let mut l = Lessor::default();
         l.granted(1, 30, t0);
         assert_eq!(l.remaining_s(1, t0), None, "followers keep no deadlines");
-        l.promote(t0, &[(1, record(30, 20))], Duration::from_secs(1));
+        // The lease's deadline is 20 s after the clock's current time.
+        l.promote(
+            t0,
+            5_000,
+            &[(1, record(30, 25_000))],
+            Duration::from_secs(1),
+        );
         assert_eq!(
             l.remaining_s(1, t0),
             Some((30, 21)),
@@ -148,7 +196,7 @@ mod tests {
     fn renew_restarts_the_ttl_but_not_for_expired_or_unknown_leases() {
         let t0 = Instant::now();
         let mut l = Lessor::default();
-        l.promote(t0, &[], Duration::ZERO);
+        l.promote(t0, 0, &[], Duration::ZERO);
         l.granted(7, 10, t0);
         let t5 = t0 + Duration::from_secs(5);
         assert_eq!(l.renew(7, t5), Some(10));
@@ -167,7 +215,7 @@ mod tests {
     fn expiry_is_soonest_first_and_bounded() {
         let t0 = Instant::now();
         let mut l = Lessor::default();
-        l.promote(t0, &[], Duration::ZERO);
+        l.promote(t0, 0, &[], Duration::ZERO);
         for (id, ttl) in [(1, 3), (2, 1), (3, 2)] {
             l.granted(id, ttl, t0);
         }
@@ -177,14 +225,46 @@ mod tests {
     }
 
     #[test]
-    fn checkpoints_round_remaining_up() {
+    fn only_renewed_leases_are_checkpointed_rounded_up_until_sent() {
         let t0 = Instant::now();
         let mut l = Lessor::default();
-        l.promote(t0, &[], Duration::ZERO);
+        l.promote(t0, 0, &[], Duration::ZERO);
         l.granted(1, 10, t0);
-        assert_eq!(
-            l.checkpoints(t0 + Duration::from_millis(2500)),
-            vec![(1, 8)]
+        l.granted(2, 10, t0);
+        l.granted(3, 10, t0);
+        let t1 = t0 + Duration::from_millis(1500);
+        assert!(
+            l.checkpoints(t1).is_empty(),
+            "the grants hold the deadlines"
         );
+        l.renew(1, t1);
+        l.renew(3, t1);
+        l.revoked(3);
+        let t2 = t1 + Duration::from_millis(2500);
+        assert_eq!(l.checkpoints(t2), vec![(1, 8)]);
+        assert!(l.checkpoints(t2).is_empty(), "sent once");
+        l.unsent([1, 3]);
+        assert_eq!(
+            l.checkpoints(t2),
+            vec![(1, 8)],
+            "a revoked lease is not resent"
+        );
+    }
+
+    #[test]
+    fn the_clock_moves_by_the_time_that_passed_while_leases_lived() {
+        let t0 = Instant::now();
+        let mut l = Lessor::default();
+        assert_eq!(l.clock_advance(t0), None, "a follower moves no clock");
+        l.promote(t0, 0, &[], Duration::ZERO);
+        let s = Duration::from_secs(1);
+        assert_eq!(l.clock_advance(t0 + s), None, "no lease, no time");
+        l.granted(1, 10, t0 + 3 * s / 2);
+        assert_eq!(l.clock_advance(t0 + 2 * s), Some(500), "from the grant on");
+        assert_eq!(l.clock_advance(t0 + 3 * s), Some(1000));
+        l.revoked(1);
+        assert_eq!(l.clock_advance(t0 + 4 * s), None);
+        l.demote();
+        assert_eq!(l.clock_advance(t0 + 5 * s), None);
     }
 }

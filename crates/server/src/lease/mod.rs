@@ -1,8 +1,9 @@
 //! Leases at run time: the leader's lessor, its expiry and checkpoint loop, and routing of
 //! keepalives and TTL queries to the leader.
 //!
-//! Owns: turning time into Raft commands (expired leases are revoked through Raft; remaining
-//! TTLs are checkpointed through Raft so a new leader continues from them).
+//! Owns: turning time into Raft commands (expired leases are revoked through Raft; the lease
+//! clock and the renewed leases' remaining TTLs are replicated so a new leader continues from
+//! them).
 //! Must never: change replicated state except by proposing; keepalives are not Raft writes
 //! (they only move the leader's in-memory deadline), so write load cannot starve them.
 //! Must never forward the lessor's own commands to another member: they are decisions of
@@ -22,11 +23,11 @@ use keel_api::etcdserverpb::{
     LeaseRevokeRequest, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
 use keel_api::keelpb::internal_request::Request as Command;
-use keel_api::keelpb::InternalRequest;
+use keel_api::keelpb::{InternalRequest, LeaseClock};
 use tokio::sync::watch;
 
 use self::lessor::Lessor;
-use crate::apply::lease::{all_leases, attached_keys, LeaseRecord};
+use crate::apply::lease::{all_leases, attached_keys, clock_ms, LeaseRecord};
 use crate::apply::range::storage_error;
 use crate::apply::{Committed, LeaseChange};
 use crate::propose::{status_to_error, GROUP_ID};
@@ -34,8 +35,8 @@ use crate::server::Server;
 
 /// How often the leader looks for expired leases and leadership changes.
 const TICK: Duration = Duration::from_millis(100);
-/// How often the leader replicates remaining TTLs; bounds how much longer than its TTL a lease
-/// can live across a leader change.
+/// How often the leader moves the lease clock and checkpoints renewed leases; bounds how much
+/// longer than its TTL a lease can live across a leader change.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 /// Most revokes proposed per tick (a burst of expiries drains over several ticks).
 const REVOKES_PER_TICK_MAX: usize = 256;
@@ -67,8 +68,13 @@ impl Leases {
         self.lessor.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Waits (bounded) until this member's lessor is primary; `false` if it did not become so.
-    async fn await_primary(&self, server: &Server) -> bool {
+    /// Waits (bounded) until this member's lessor is primary; `false` if it did not become so
+    /// (or this member does not lead).
+    ///
+    /// A grant waits for it too when this member leads: a lease granted before the new
+    /// leader's lessor takes over is loaded from the store with the promotion's grace added,
+    /// and would show more than its TTL right after the grant.
+    pub async fn await_primary(&self, server: &Server) -> bool {
         if !server.raft.leadership().0 {
             return false;
         }
@@ -246,7 +252,11 @@ impl Leases {
         let mut lessor = self.lock();
         let view = server.store.read().map_err(storage_error)?;
         let records: Vec<(i64, LeaseRecord)> = all_leases(&view).map_err(storage_error)?;
-        lessor.promote(now(), &records, election_timeout);
+        // A deadline stored by a grant or checkpoint counts from the clock as applied then,
+        // which lags the old leader's own clock by up to one interval: adding the interval
+        // means a lease never expires early here, only up to that much late.
+        let extend = election_timeout + CHECKPOINT_INTERVAL;
+        lessor.promote(now(), clock_ms(&view)?, &records, extend);
         self.primary.send_replace(true);
         tracing::info!(leases = records.len(), "lessor promoted");
         Ok(())
@@ -312,10 +322,23 @@ impl Leases {
         }
     }
 
+    /// Moves the lease clock, then checkpoints the leases renewed since the last time. A
+    /// lost clock move only makes leases live longer after a leader change; lost checkpoints
+    /// are sent again.
     async fn checkpoint(&self, server: &Server) {
-        let all = self.lock().checkpoints(now());
-        tracing::debug!(?all, "lease checkpoint");
-        for chunk in all.chunks(CHECKPOINTS_PER_COMMAND_MAX) {
+        let (advance, renewed) = {
+            let mut lessor = self.lock();
+            let now = now();
+            (lessor.clock_advance(now), lessor.checkpoints(now))
+        };
+        if let Some(advance_ms) = advance {
+            let cmd = Command::LeaseClock(LeaseClock { advance_ms });
+            if let Err(e) = Self::propose_as_leader(server, cmd).await {
+                tracing::debug!(error = %e, "lease clock not replicated");
+            }
+        }
+        tracing::debug!(?renewed, "lease checkpoint");
+        for (i, chunk) in renewed.chunks(CHECKPOINTS_PER_COMMAND_MAX).enumerate() {
             let checkpoints = chunk
                 .iter()
                 .map(|&(id, remaining_ttl)| LeaseCheckpoint { id, remaining_ttl })
@@ -323,6 +346,10 @@ impl Leases {
             let cmd = Command::LeaseCheckpoint(LeaseCheckpointRequest { checkpoints });
             if let Err(e) = Self::propose_as_leader(server, cmd).await {
                 tracing::debug!(error = %e, "lease checkpoint not replicated");
+                let unsent = renewed[i * CHECKPOINTS_PER_COMMAND_MAX..]
+                    .iter()
+                    .map(|c| c.0);
+                self.lock().unsent(unsent);
                 return;
             }
         }

@@ -238,4 +238,9 @@ impl ReadView {
     pub fn meta_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         read::meta_prefix(&*self.txn, prefix)
     }
+
+    /// Caller-owned metadata stored with [`WriteBatch::put_meta`].
+    pub fn get_meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.txn.get(Table::AppMeta, key)
+    }
 }
