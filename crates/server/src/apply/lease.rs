@@ -177,7 +177,7 @@ pub fn grant(
     }
     let record = LeaseRecord {
         ttl_s: req.ttl,
-        deadline_ms: deadline(lease_clock(batch.get_meta(META_LEASE_CLOCK))?, req.ttl),
+        deadline_ms: deadline(batch_clock(batch)?, req.ttl),
     };
     batch
         .put_lease(req.id, &record.encode())
@@ -234,6 +234,10 @@ fn lease_clock(stored: Result<Option<Vec<u8>>, StorageError>) -> Result<i64, Etc
     }
 }
 
+fn batch_clock(batch: &WriteBatch) -> Result<i64, EtcdError> {
+    lease_clock(batch.get_meta(META_LEASE_CLOCK))
+}
+
 /// The lease clock as of `view`, in milliseconds.
 pub fn clock_ms(view: &ReadView) -> Result<i64, EtcdError> {
     lease_clock(view.get_meta(META_LEASE_CLOCK))
@@ -241,7 +245,7 @@ pub fn clock_ms(view: &ReadView) -> Result<i64, EtcdError> {
 
 /// Moves the lease clock forward.
 pub fn advance_clock(batch: &mut WriteBatch, advance_ms: u64) -> Result<(), EtcdError> {
-    let now = lease_clock(batch.get_meta(META_LEASE_CLOCK))?;
+    let now = batch_clock(batch)?;
     let advance = i64::try_from(advance_ms).unwrap_or(i64::MAX);
     batch
         .put_meta(META_LEASE_CLOCK, &now.saturating_add(advance).to_be_bytes())
@@ -251,7 +255,7 @@ pub fn advance_clock(batch: &mut WriteBatch, advance_ms: u64) -> Result<(), Etcd
 /// Stores the remaining TTLs of renewed leases, as deadlines on the lease clock, so a new
 /// leader continues from them.
 pub fn checkpoint(batch: &mut WriteBatch, req: &LeaseCheckpointRequest) -> Result<(), EtcdError> {
-    let clock = lease_clock(batch.get_meta(META_LEASE_CLOCK))?;
+    let clock = batch_clock(batch)?;
     for cp in &req.checkpoints {
         let Some(bytes) = batch.get_lease(cp.id).map_err(storage_error)? else {
             continue;
