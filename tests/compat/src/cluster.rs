@@ -388,18 +388,35 @@ impl Cluster {
         }
     }
 
-    /// Waits until a leader is agreed and every running member serves a linearizable get.
+    /// Waits until a leader is agreed and every running member serves a linearizable get and
+    /// lists every running member by name. A member announces its name once it runs (etcd's
+    /// publish); until every member has applied that, `MemberList` shows it without a name.
     pub async fn wait_ready(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         self.wait_leader(timeout).await;
-        for i in self.live_members() {
+        let live = self.live_members();
+        let names: Vec<String> = live.iter().map(|&i| self.members[i].name.clone()).collect();
+        for &i in &live {
             loop {
                 let probe = async {
                     let mut c = connect(&[self.members[i].client_url()], PROBE_TIMEOUT).await?;
-                    c.get("compat/ready-probe", None).await
+                    c.get("compat/ready-probe", None).await?;
+                    c.member_list().await
                 };
                 match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
-                    Ok(Ok(_)) => break,
+                    Ok(Ok(list))
+                        if names
+                            .iter()
+                            .all(|n| list.members().iter().any(|m| m.name() == *n)) =>
+                    {
+                        break
+                    }
+                    Ok(Ok(_)) if Instant::now() >= deadline => {
+                        panic!(
+                            "{}: member m{i} does not list every member by name",
+                            self.server.name()
+                        )
+                    }
                     Ok(Err(e)) if Instant::now() >= deadline => {
                         panic!("{}: member m{i} not serving reads: {e}", self.server.name())
                     }
