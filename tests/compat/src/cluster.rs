@@ -371,21 +371,14 @@ impl Cluster {
 
     /// Waits until every running member agrees on a running leader.
     pub async fn wait_leader(&mut self, timeout: Duration) -> usize {
-        let deadline = Instant::now() + timeout;
-        loop {
+        let what = format!("{}: an agreed leader", self.server.name());
+        eventually(&what, timeout, async || {
             self.assert_running();
-            if let Some(leader) = self.leader().await {
-                return leader;
-            }
-            if Instant::now() >= deadline {
-                panic!(
-                    "{}: no agreed leader among members {:?} within {timeout:?}",
-                    self.server.name(),
-                    self.live_members()
-                );
-            }
-            tokio::time::sleep(POLL_INTERVAL).await;
-        }
+            self.leader()
+                .await
+                .ok_or_else(|| format!("none among members {:?}", self.live_members()))
+        })
+        .await
     }
 
     /// Waits until a leader is agreed and every running member serves a linearizable get and
@@ -397,7 +390,10 @@ impl Cluster {
         let live = self.live_members();
         let names: Vec<String> = live.iter().map(|&i| self.members[i].name.clone()).collect();
         for &i in &live {
-            loop {
+            let what = format!("{}: member m{i} ready", self.server.name());
+            let left = deadline.saturating_duration_since(Instant::now());
+            eventually(&what, left, async || {
+                self.assert_running();
                 let probe = async {
                     let mut c = connect(&[self.members[i].client_url()], PROBE_TIMEOUT).await?;
                     c.get("compat/ready-probe", None).await?;
@@ -409,26 +405,14 @@ impl Cluster {
                             .iter()
                             .all(|n| list.members().iter().any(|m| m.name() == *n)) =>
                     {
-                        break
+                        Ok(())
                     }
-                    Ok(Ok(_)) if Instant::now() >= deadline => {
-                        panic!(
-                            "{}: member m{i} does not list every member by name",
-                            self.server.name()
-                        )
-                    }
-                    Ok(Err(e)) if Instant::now() >= deadline => {
-                        panic!("{}: member m{i} not serving reads: {e}", self.server.name())
-                    }
-                    Err(_) if Instant::now() >= deadline => {
-                        panic!("{}: member m{i} read probe timed out", self.server.name())
-                    }
-                    _ => {
-                        self.assert_running();
-                        tokio::time::sleep(POLL_INTERVAL).await
-                    }
+                    Ok(Ok(_)) => Err("does not list every member by name".to_string()),
+                    Ok(Err(e)) => Err(format!("not serving reads: {e}")),
+                    Err(_) => Err("read probe timed out".to_string()),
                 }
-            }
+            })
+            .await;
         }
     }
 
@@ -447,6 +431,25 @@ impl Cluster {
                 m.log_path.display()
             );
             eprintln!("{}", tail(&m.log_path, LOG_TAIL_LINES));
+        }
+    }
+}
+
+/// Polls `probe` every [`POLL_INTERVAL`] until it answers `Ok`, for at most `timeout`;
+/// then panics with `what` and the probe's last error.
+pub async fn eventually<T>(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match probe().await {
+            Ok(v) => return v,
+            Err(e) if Instant::now() >= deadline => {
+                panic!("timed out after {timeout:?} waiting for {what}: {e}")
+            }
+            Err(_) => tokio::time::sleep(POLL_INTERVAL).await,
         }
     }
 }

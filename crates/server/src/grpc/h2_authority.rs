@@ -430,12 +430,7 @@ mod tests {
 
     #[tokio::test]
     async fn connection_ending_inside_a_header_block_passes_it_and_ends() {
-        let whole = connection(&[frame(
-            TYPE_HEADERS,
-            FLAG_END_HEADERS,
-            1,
-            &etcdctl_block("http://h:1"),
-        )]);
+        let whole = connection(&[etcdctl_headers(1, "http://h:1")]);
         for cut in [PREFACE.len() + 4, PREFACE.len() + FRAME_HEAD_BYTES + 3] {
             let truncated = &whole[..cut];
             assert_eq!(read_through(truncated, 2, 64).await.0, truncated);
@@ -445,12 +440,7 @@ mod tests {
     #[tokio::test]
     async fn writes_pass_through_untouched() {
         let mut fix = AuthorityFix::new(Trickle::new(&[], 1));
-        let bytes = frame(
-            TYPE_HEADERS,
-            FLAG_END_HEADERS,
-            1,
-            &etcdctl_block("http://h:1"),
-        );
+        let bytes = etcdctl_headers(1, "http://h:1");
         fix.write_all(&bytes).await.unwrap();
         fix.flush().await.unwrap();
         assert_eq!(fix.get_ref().written, bytes);

@@ -7,12 +7,13 @@
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use etcd_client::{
     Client, EventType, GetOptions, LeaderKey, LeaseTimeToLiveOptions, LockOptions, ProclaimOptions,
     ResignOptions, WatchOptions, WatchResponse, WatchStream,
 };
+use keel_compat::cluster::eventually;
 use keel_compat::etcdctl::ctl;
 use keel_compat::{current_revision, for_each_server, grpc_error, Cluster, Transcript};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -29,8 +30,6 @@ const PROBES_MAX: usize = 20;
 const EXIT_WAIT: Duration = Duration::from_secs(10);
 /// Longest wait for a polled condition.
 const SETTLE_WAIT: Duration = Duration::from_secs(15);
-/// Polling cadence of a deadline loop (not a synchroniser).
-const POLL: Duration = Duration::from_millis(50);
 
 // ---- long-running etcdctl --------------------------------------------------------------------
 
@@ -248,14 +247,10 @@ fn key_lease_hex(key: &str) -> &str {
 
 /// Polls `probe` until it returns `Some`, under `SETTLE_WAIT`.
 async fn poll<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + SETTLE_WAIT;
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(POLL).await;
-    }
+    eventually(what, SETTLE_WAIT, async || {
+        probe().await.ok_or_else(|| "not yet".to_string())
+    })
+    .await
 }
 
 async fn keys_under(c: &mut Client, prefix: &str) -> Vec<String> {

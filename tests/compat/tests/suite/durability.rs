@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, GetOptions};
-use keel_compat::cluster::{connect, POLL_INTERVAL, READY_TIMEOUT};
+use keel_compat::cluster::{connect, eventually, POLL_INTERVAL, READY_TIMEOUT};
 use keel_compat::{current_revision, expect_grpc_error, for_each_server, Cluster, Kv, Transcript};
 use tokio::sync::watch;
 
@@ -199,23 +199,16 @@ async fn leader_sigkill_keeps_acked_writes() {
             eprintln!("--- phase 4: restart m{old_leader}; it catches up");
             cluster.restart(old_leader);
             let last = report.acked.last().copied().expect("some write acked");
-            let deadline = Instant::now() + READY_TIMEOUT;
-            loop {
+            let what = format!("restarted m{old_leader} to catch up");
+            let data = eventually(&what, READY_TIMEOUT, async || {
                 cluster.assert_running();
                 match read_all(cluster, old_leader, true).await {
-                    Ok(data) if data.get(&key(last)) == Some(&value(last)) => {
-                        assert_eq!(data.len(), TOTAL_WRITES);
-                        break;
-                    }
-                    other if Instant::now() >= deadline => {
-                        panic!(
-                            "restarted m{old_leader} did not catch up: {:?}",
-                            other.map(|d| d.len())
-                        )
-                    }
-                    _ => tokio::time::sleep(POLL_INTERVAL).await,
+                    Ok(data) if data.get(&key(last)) == Some(&value(last)) => Ok(data),
+                    other => Err(format!("{:?}", other.map(|d| d.len()))),
                 }
-            }
+            })
+            .await;
+            assert_eq!(data.len(), TOTAL_WRITES);
             t.record("restarted member caught up", true);
             cluster.wait_leader(READY_TIMEOUT).await;
             t

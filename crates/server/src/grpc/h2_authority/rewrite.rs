@@ -375,12 +375,7 @@ mod tests {
 
     #[test]
     fn etcdctl_url_authority_becomes_host_port() {
-        let input = connection(&[frame(
-            TYPE_HEADERS,
-            FLAG_END_HEADERS,
-            1,
-            &etcdctl_block("http://127.0.0.1:2379"),
-        )]);
+        let input = connection(&[etcdctl_headers(1, "http://127.0.0.1:2379")]);
         let blocks = decode_output(&rewrite_all(&input));
         assert_eq!(blocks.len(), 1);
         assert_eq!(blocks[0].fields, etcdctl_fields("127.0.0.1:2379"));
@@ -404,20 +399,10 @@ mod tests {
     #[test]
     fn a_connection_that_starts_with_a_valid_authority_passes_byte_for_byte() {
         let input = connection(&[
-            frame(
-                TYPE_HEADERS,
-                FLAG_END_HEADERS,
-                1,
-                &etcdctl_block("127.0.0.1:2379"),
-            ),
+            etcdctl_headers(1, "127.0.0.1:2379"),
             frame(TYPE_DATA, FLAG_END_STREAM, 1, b"\0\0\0\0\0"),
             // Later blocks are not looked at, whatever they carry.
-            frame(
-                TYPE_HEADERS,
-                FLAG_END_HEADERS,
-                3,
-                &etcdctl_block("http://127.0.0.1:2379"),
-            ),
+            etcdctl_headers(3, "http://127.0.0.1:2379"),
         ]);
         assert_eq!(rewrite_all(&input), input);
     }
@@ -425,12 +410,7 @@ mod tests {
     #[test]
     fn indexed_authority_in_later_block_is_resolved() {
         let input = connection(&[
-            frame(
-                TYPE_HEADERS,
-                FLAG_END_HEADERS,
-                1,
-                &etcdctl_block("http://127.0.0.1:2379"),
-            ),
+            etcdctl_headers(1, "http://127.0.0.1:2379"),
             frame(TYPE_DATA, FLAG_END_STREAM, 1, b"\0\0\0\0\0"),
             frame(TYPE_HEADERS, FLAG_END_HEADERS, 3, &etcdctl_block_indexed()),
         ]);
@@ -527,12 +507,7 @@ mod tests {
     fn hpack_error_passes_the_rest_through_unchanged() {
         let frames = [
             frame(TYPE_HEADERS, FLAG_END_HEADERS, 1, &[0x80]), // index 0: COMPRESSION_ERROR
-            frame(
-                TYPE_HEADERS,
-                FLAG_END_HEADERS,
-                3,
-                &etcdctl_block("http://h:1"),
-            ),
+            etcdctl_headers(3, "http://h:1"),
             frame(TYPE_DATA, 0, 3, b"data"),
         ];
         let input = connection(&frames);
@@ -548,12 +523,7 @@ mod tests {
         assert_eq!(rewrite_all(&interrupted), interrupted);
         let orphan = connection(&[
             frame(TYPE_CONTINUATION, FLAG_END_HEADERS, 1, b"\x82"),
-            frame(
-                TYPE_HEADERS,
-                FLAG_END_HEADERS,
-                3,
-                &etcdctl_block("http://h:1"),
-            ),
+            etcdctl_headers(3, "http://h:1"),
         ]);
         assert_eq!(rewrite_all(&orphan), orphan);
         let too_much_padding = connection(&[frame(

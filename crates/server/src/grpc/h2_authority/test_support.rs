@@ -5,8 +5,8 @@ use bytes::{Bytes, BytesMut};
 
 use super::hpack::{encode_int, huffman_encode, Decoder};
 use super::rewrite::{
-    FrameHead, FLAG_PADDED, FLAG_PRIORITY, FRAME_HEAD_BYTES, PREFACE, TYPE_CONTINUATION,
-    TYPE_HEADERS,
+    FrameHead, FLAG_END_HEADERS, FLAG_PADDED, FLAG_PRIORITY, FRAME_HEAD_BYTES, PREFACE,
+    TYPE_CONTINUATION, TYPE_HEADERS,
 };
 
 pub(super) const TYPE_DATA: u8 = 0x0;
@@ -81,6 +81,16 @@ pub(super) fn etcdctl_block(authority: &str) -> Vec<u8> {
     out.extend_from_slice(&string("te", false));
     out.extend_from_slice(&string("trailers", true));
     out
+}
+
+/// One whole HEADERS frame carrying `etcdctl_block(authority)` on `stream`.
+pub(super) fn etcdctl_headers(stream: u32, authority: &str) -> Vec<u8> {
+    frame(
+        TYPE_HEADERS,
+        FLAG_END_HEADERS,
+        stream,
+        &etcdctl_block(authority),
+    )
 }
 
 /// The same request again after `etcdctl_block`: every field now comes from the table
