@@ -309,18 +309,18 @@ impl KeelRaft {
     /// Waits until Raft stops. `Some(reason)` when it stopped on its own because of a fatal
     /// error (a storage failure in the log or the state machine, a panic): the member must
     /// then stop too, never carry on. `None` after an orderly [`KeelRaft::shutdown`].
+    ///
+    /// Waits on the server metrics (state, leader, membership), which change only with those,
+    /// and whose sender goes away with the core task; the full metrics change with every
+    /// append and apply, and a waiter on them would be woken for every write.
     pub async fn stopped(&self) -> Option<String> {
-        let mut metrics = self.raft.metrics();
-        loop {
-            match &metrics.borrow_watched().running_state {
-                Ok(()) => {}
-                Err(openraft::errors::Fatal::Stopped) => return None,
-                Err(e) => return Some(e.to_string()),
-            }
-            // Fails only once the core task is gone without saying why (it panicked).
-            if metrics.changed().await.is_err() {
-                return Some("raft core ended".to_string());
-            }
+        let mut server = self.raft.server_metrics();
+        while server.changed().await.is_ok() {}
+        match &self.raft.metrics().borrow_watched().running_state {
+            Err(openraft::errors::Fatal::Stopped) => None,
+            Err(e) => Some(e.to_string()),
+            // The core task is gone without saying why (it panicked).
+            Ok(()) => Some("raft core ended".to_string()),
         }
     }
 

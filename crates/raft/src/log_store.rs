@@ -189,6 +189,8 @@ struct Inner {
     /// State visible to openraft: the vote only once it is durable.
     vote: Option<Vote>,
     committed: Option<LogId>,
+    /// `committed` changed since its last record: the next batch writes it first.
+    committed_unwritten: bool,
     purged: Option<LogId>,
     last_log_id: Option<LogId>,
     /// State as submitted to the writer, for the next `Start` record.
@@ -289,11 +291,17 @@ struct Batch<'a> {
 
 impl<'a> Batch<'a> {
     fn new(inner: &'a mut Inner) -> Self {
-        Self {
+        let mut batch = Self {
             inner,
             ops: Vec::new(),
             bytes: Vec::new(),
+        };
+        if std::mem::take(&mut batch.inner.committed_unwritten) {
+            let payload =
+                bincode::serialize(&batch.inner.submitted.committed).expect("log id serializes");
+            batch.record(KIND_COMMITTED, &payload);
         }
+        batch
     }
 
     /// Frames one record into the current segment; returns (segment, offset) of the record.
@@ -525,6 +533,7 @@ fn recover(dir: &Path, segment_bytes: u64) -> io::Result<(Inner, Tail)> {
         segment_bytes,
         vote: None,
         committed: None,
+        committed_unwritten: false,
         purged: None,
         last_log_id: None,
         submitted: Meta::default(),
@@ -780,8 +789,8 @@ fn write_group(
     last_seq: &mut u64,
 ) -> io::Result<()> {
     let mut new_dir_entry = false;
-    // Only a group that someone waits for needs the fsync: a group of committed-index records
-    // (written on every commit, and only a restart hint) rides on the next fsync instead.
+    // Only a group that someone waits for needs the fsync: a group of records nobody waits
+    // for (a truncate, a purge) rides on the next fsync instead.
     let needs_sync = ops.iter().any(|op| match op {
         Op::Write { callback, done, .. } => callback.is_some() || done.is_some(),
         Op::Rotate { .. } | Op::Delete { .. } => true,
@@ -875,17 +884,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        // Only an optimisation for restart (apply can resume before an election): no wait.
-        let payload = bincode::serialize(&committed).map_err(io_err)?;
-        let ops = {
-            let mut inner = self.lock();
-            inner.committed = committed;
-            inner.submitted.committed = committed;
-            let mut batch = Batch::new(&mut inner);
-            batch.record(KIND_COMMITTED, &payload);
-            batch.finish(None, None)
-        };
-        self.send(ops)
+        // Only an optimisation for restart (apply can resume before an election), so it is
+        // not written on its own: its record goes first in the next batch (an append, a vote,
+        // a truncate or a purge), which saves a wake-up of the writer thread per commit. A
+        // crash loses at most the hints since the last batch, as an unsynced write would.
+        let mut inner = self.lock();
+        inner.committed = committed;
+        inner.submitted.committed = committed;
+        inner.committed_unwritten = true;
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
@@ -1062,6 +1069,25 @@ mod tests {
             got.iter().map(|e| e.log_id()).collect::<Vec<_>>(),
             vec![log_id(1, 2), log_id(1, 3)]
         );
+    }
+
+    #[tokio::test]
+    async fn a_committed_index_is_written_with_the_next_batch() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let mut store = LogStore::open(dir.path()).expect("open");
+            append(&mut store, entries(1, 1..=3)).await;
+            store.save_committed(Some(log_id(1, 2))).await.expect("c");
+            assert_eq!(store.read_committed().await.expect("c"), Some(log_id(1, 2)));
+        }
+        // Nothing was written after it: the hint is not on disk.
+        let mut store = LogStore::open(dir.path()).expect("reopen");
+        assert_eq!(store.read_committed().await.expect("c"), None);
+        store.save_committed(Some(log_id(1, 3))).await.expect("c");
+        append(&mut store, entries(1, 4..=4)).await;
+        drop(store);
+        let mut store = LogStore::open(dir.path()).expect("reopen");
+        assert_eq!(store.read_committed().await.expect("c"), Some(log_id(1, 3)));
     }
 
     #[tokio::test]
