@@ -25,7 +25,7 @@ mod process;
 
 use std::time::{Duration, Instant};
 
-use common::{init_tracing, put_req, range_req, LEADER_WAIT};
+use common::{eventually, init_tracing, put_req, range_req, LEADER_WAIT};
 use keel_api::etcdserverpb::kv_client::KvClient;
 use keel_api::etcdserverpb::lease_client::LeaseClient;
 use keel_api::etcdserverpb::{LeaseGrantRequest, LeaseKeepAliveRequest, PutRequest};
@@ -217,14 +217,10 @@ async fn leader_stopped_past_a_lease_ttl_revokes_nothing_on_resume() {
 
 /// Reads `keys` (through `kvs` in turn) until every one is gone; panics after `EXPIRY_WAIT`.
 async fn wait_gone(rec: &mut Recorder, kvs: &mut [KvClient<Channel>], keys: &[&str]) {
-    let deadline = Instant::now() + EXPIRY_WAIT;
     let mut gone = vec![false; keys.len()];
     let mut round = 0;
-    while !gone.iter().all(|g| *g) {
-        assert!(
-            Instant::now() < deadline,
-            "leased keys still there {EXPIRY_WAIT:?} after the keep-alives stopped: {keys:?} {gone:?}"
-        );
+    let what = format!("leased keys {keys:?} to go after the keep-alives stopped");
+    eventually(&what, EXPIRY_WAIT, async || {
         let via = round % kvs.len();
         round += 1;
         for (i, key) in keys.iter().enumerate() {
@@ -232,9 +228,13 @@ async fn wait_gone(rec: &mut Recorder, kvs: &mut [KvClient<Channel>], keys: &[&s
                 gone[i] = true;
             }
         }
-        // The recorder's cadence (not a synchroniser: every outcome is judged afterwards).
-        tokio::time::sleep(ROUND).await;
-    }
+        if gone.iter().all(|g| *g) {
+            Ok(())
+        } else {
+            Err(format!("gone: {gone:?}"))
+        }
+    })
+    .await
 }
 
 /// Runs the lease validator over everything recorded. `election_ns`: how long the leader

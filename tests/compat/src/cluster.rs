@@ -266,23 +266,15 @@ impl Cluster {
     pub async fn stop(&mut self, index: usize) {
         let m = &mut self.members[index];
         let mut child = m.child.take().expect("stop: member is not running");
-        // `kill -TERM <pid>` keeps this crate free of unsafe libc calls; the PID is our child's.
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) => return,
-                Ok(None) if Instant::now() < deadline => tokio::time::sleep(POLL_INTERVAL).await,
-                _ => {
-                    eprintln!("member {} ignored SIGTERM; sending SIGKILL", m.name);
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return;
-                }
-            }
+        // `kill -TERM <pid>` keeps this crate free of unsafe libc calls. The PID is our child's
+        // and stays so until the wait below reaps it.
+        let pid = child.id().to_string();
+        let _ = Command::new("kill").arg("-TERM").arg(&pid).status();
+        let mut exit = tokio::task::spawn_blocking(move || child.wait());
+        if tokio::time::timeout(STOP_TIMEOUT, &mut exit).await.is_err() {
+            eprintln!("member {} ignored SIGTERM; sending SIGKILL", m.name);
+            let _ = Command::new("kill").arg("-KILL").arg(&pid).status();
+            let _ = exit.await;
         }
     }
 
