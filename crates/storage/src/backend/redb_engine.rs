@@ -4,6 +4,7 @@
 //! interpret keys or values. A non-durable commit uses redb's `Durability::None`: it is
 //! visible at once and becomes durable with the next `Durability::Immediate` commit.
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -11,6 +12,7 @@ use redb::{
     Database, Durability, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable,
     TableDefinition, WriteTransaction,
 };
+use self_cell::self_cell;
 
 use super::{bounds_are_empty, Backend, Direction, KeyBounds, ReadTxn, Table, Visitor, WriteTxn};
 use crate::error::{Result, StorageError};
@@ -85,7 +87,9 @@ impl Backend for RedbBackend {
 
     fn begin_write(&self) -> Result<Box<dyn WriteTxn>> {
         let txn = self.db.begin_write().map_err(StorageError::backend)?;
-        Ok(Box::new(RedbWrite { txn }))
+        Ok(Box::new(RedbWrite(WriteTables::new(txn, |_| {
+            Default::default()
+        }))))
     }
 
     fn size_bytes(&self) -> Result<u64> {
@@ -122,8 +126,42 @@ impl RedbRead {
     }
 }
 
-struct RedbWrite {
-    txn: WriteTransaction,
+type WriteTable<'txn> = redb::Table<'txn, &'static [u8], &'static [u8]>;
+
+/// A write transaction's tables, opened on first use and kept open until the commit. Opening
+/// a table in a write transaction looks it up in redb's table tree, and closing it writes its
+/// root back there: once per call before, several times per applied entry.
+type OpenTables<'txn> = [RefCell<Option<WriteTable<'txn>>>; Table::ALL.len()];
+
+self_cell!(
+    struct WriteTables {
+        owner: WriteTransaction,
+        #[not_covariant]
+        dependent: OpenTables,
+    }
+);
+
+struct RedbWrite(WriteTables);
+
+impl RedbWrite {
+    /// Runs `f` on `table`, opening it first if this transaction has not yet.
+    fn with_table<R>(
+        &self,
+        table: Table,
+        f: impl FnOnce(&mut WriteTable<'_>) -> Result<R>,
+    ) -> Result<R> {
+        self.0.with_dependent(|txn, tables| {
+            let mut slot = tables[table.index()].borrow_mut();
+            let opened = match slot.as_mut() {
+                Some(opened) => opened,
+                None => slot.insert(
+                    txn.open_table(definition(table))
+                        .map_err(StorageError::backend)?,
+                ),
+            };
+            f(opened)
+        })
+    }
 }
 
 fn get_in<T: ReadableTable<&'static [u8], &'static [u8]>>(
@@ -177,11 +215,7 @@ impl ReadTxn for RedbRead {
 
 impl ReadTxn for RedbWrite {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let opened = self
-            .txn
-            .open_table(definition(table))
-            .map_err(StorageError::backend)?;
-        get_in(&opened, key)
+        self.with_table(table, |opened| get_in(opened, key))
     }
 
     fn scan(
@@ -191,44 +225,34 @@ impl ReadTxn for RedbWrite {
         direction: Direction,
         visit: &mut Visitor<'_>,
     ) -> Result<()> {
-        let opened = self
-            .txn
-            .open_table(definition(table))
-            .map_err(StorageError::backend)?;
-        scan_in(&opened, bounds, direction, visit)
+        self.with_table(table, |opened| scan_in(opened, bounds, direction, visit))
     }
 }
 
 impl WriteTxn for RedbWrite {
     fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<()> {
-        let mut opened = self
-            .txn
-            .open_table(definition(table))
-            .map_err(StorageError::backend)?;
-        opened.insert(key, value).map_err(StorageError::backend)?;
-        Ok(())
+        self.with_table(table, |opened| {
+            opened.insert(key, value).map_err(StorageError::backend)?;
+            Ok(())
+        })
     }
 
     fn delete(&mut self, table: Table, key: &[u8]) -> Result<bool> {
-        let mut opened = self
-            .txn
-            .open_table(definition(table))
-            .map_err(StorageError::backend)?;
-        let removed = opened.remove(key).map_err(StorageError::backend)?;
-        Ok(removed.is_some())
+        self.with_table(table, |opened| {
+            let removed = opened.remove(key).map_err(StorageError::backend)?;
+            Ok(removed.is_some())
+        })
     }
 
     fn clear(&mut self, table: Table) -> Result<()> {
-        let mut opened = self
-            .txn
-            .open_table(definition(table))
-            .map_err(StorageError::backend)?;
-        opened.retain(|_, _| false).map_err(StorageError::backend)?;
-        Ok(())
+        self.with_table(table, |opened| {
+            opened.retain(|_, _| false).map_err(StorageError::backend)
+        })
     }
 
     fn commit(self: Box<Self>, durable: bool) -> Result<()> {
-        let mut txn = self.txn;
+        // The tables close (and write their roots back) before the transaction commits.
+        let mut txn = self.0.into_owner();
         let durability = if durable {
             Durability::Immediate
         } else {
