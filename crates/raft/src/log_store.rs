@@ -18,10 +18,17 @@
 //! Payloads are bincode. Entries are never overwritten in place: a conflict appends a
 //! `Truncate` record and the new entries after it, and replay applies records in order.
 //!
-//! Recovery: a record cut short or failing its checksum at the very end of the newest segment
-//! (or followed only by zeros) is a write that was never acknowledged — the file is cut back
-//! to the last whole record. Damage anywhere else is corruption and opening fails with
-//! `InvalidData` naming the segment and offset.
+//! Every writer op's bytes begin with a `Mark` record: the op's sequence number and the
+//! highest op already made durable (fsynced) when it was built. Ops get consecutive numbers
+//! within a segment, and numbering goes on across restarts.
+//!
+//! Recovery: damage in the newest segment (a record cut short or failing its checksum) is a
+//! torn write that was never acknowledged unless a later `Mark` shows the damaged op was
+//! already durable. The op holding the damage is the one before the first whole `Mark` after
+//! it; if no later mark says that op was synced, the file is cut back to the damage. That
+//! covers a power cut that wrote some pages of the last group and not others (later records
+//! intact behind a hole). Damage in a durable op, or in an older segment, is corruption and
+//! opening fails with `InvalidData` naming the segment and offset.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Debug;
@@ -64,6 +71,7 @@ const KIND_TRUNCATE: u8 = 3;
 const KIND_PURGE: u8 = 4;
 const KIND_VOTE: u8 = 5;
 const KIND_COMMITTED: u8 = 6;
+const KIND_MARK: u8 = 7;
 
 fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
@@ -153,6 +161,14 @@ struct Meta {
     purged: Option<LogId>,
 }
 
+/// The record that begins every writer op: its sequence number and the highest op that was
+/// durable when it was built.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+struct Mark {
+    seq: u64,
+    synced: u64,
+}
+
 /// Where an entry's record lives.
 #[derive(Clone, Copy, Debug)]
 struct Loc {
@@ -208,6 +224,8 @@ struct Inner {
     next_seq: u64,
     /// Highest writer op written to its file (entries up to it can be read back from disk).
     written_seq: u64,
+    /// Highest writer op made durable by an fsync (what the next `Mark` records).
+    synced_seq: u64,
     readers: HashMap<u64, Arc<File>>,
 }
 
@@ -305,11 +323,22 @@ impl<'a> Batch<'a> {
     }
 
     /// Frames one record into the current segment; returns (segment, offset) of the record.
+    /// The first record of a writer op is preceded by the op's `Mark`.
     fn record(&mut self, kind: u8, payload: &[u8]) -> (u64, u64) {
         let len = (FRAME_HEADER + payload.len()) as u64;
         let start_len = self.inner.segment_len;
         if start_len > 0 && start_len + len > self.inner.segment_bytes && kind != KIND_START {
             self.rotate();
+        }
+        if self.bytes.is_empty() {
+            // The op these bytes become takes `next_seq` (see `flush_bytes` and `finish`).
+            let mark = Mark {
+                seq: self.inner.next_seq,
+                synced: self.inner.synced_seq,
+            };
+            let mark = bincode::serialize(&mark).expect("mark serializes");
+            frame(KIND_MARK, &mark, &mut self.bytes);
+            self.inner.segment_len += (FRAME_HEADER + mark.len()) as u64;
         }
         let at = (self.inner.segment, self.inner.segment_len);
         frame(kind, payload, &mut self.bytes);
@@ -545,6 +574,7 @@ fn recover(dir: &Path, segment_bytes: u64) -> io::Result<(Inner, Tail)> {
         segment_max: BTreeMap::new(),
         next_seq: 1,
         written_seq: 0,
+        synced_seq: 0,
         readers: HashMap::new(),
     };
     let mut meta = Meta::default();
@@ -615,7 +645,13 @@ fn recover(dir: &Path, segment_bytes: u64) -> io::Result<(Inner, Tail)> {
         tail.file.sync_data()?;
         sync_dir(dir)?;
         inner.segment_len = bytes.len() as u64;
+    } else {
+        // What replay accepted is durable from here on, so this run's marks may say so (a
+        // process crash leaves its unsynced writes in the page cache, not on disk).
+        tail.file.sync_data()?;
     }
+    inner.written_seq = inner.next_seq - 1;
+    inner.synced_seq = inner.next_seq - 1;
     Ok((inner, tail))
 }
 
@@ -626,18 +662,15 @@ fn replay_segment(id: u64, data: &[u8], meta: &mut Meta, inner: &mut Inner) -> i
     while at < data.len() {
         let (kind, payload) = match parse(&data[at..]) {
             Parsed::Record { kind, payload } => (kind, payload),
-            Parsed::Short => break,
-            // A bad checksum is a torn tail only if nothing but zeros follows the frame.
-            Parsed::BadChecksum => {
-                let len = u32::from_le_bytes(data[at..at + 4].try_into().expect("4 bytes"));
-                let end = at + FRAME_HEADER + len as usize;
-                if data[end..].iter().all(|b| *b == 0) {
-                    break;
+            Parsed::Short | Parsed::BadChecksum => {
+                if let Some(durable) = durable_op_at(data, at) {
+                    return Err(invalid(format!(
+                        "raft log: segment {} is damaged at offset {at}, in op {durable}, \
+                         which a later record shows was durable",
+                        segment_name(id)
+                    )));
                 }
-                return Err(invalid(format!(
-                    "raft log: segment {} record at offset {at} fails its checksum",
-                    segment_name(id)
-                )));
+                break;
             }
         };
         let bad = |e: bincode::Error| {
@@ -650,6 +683,10 @@ fn replay_segment(id: u64, data: &[u8], meta: &mut Meta, inner: &mut Inner) -> i
             KIND_START => *meta = bincode::deserialize(payload).map_err(bad)?,
             KIND_VOTE => meta.vote = Some(bincode::deserialize(payload).map_err(bad)?),
             KIND_COMMITTED => meta.committed = bincode::deserialize(payload).map_err(bad)?,
+            KIND_MARK => {
+                let mark: Mark = bincode::deserialize(payload).map_err(bad)?;
+                inner.next_seq = inner.next_seq.max(mark.seq + 1);
+            }
             KIND_PURGE => {
                 let purged: LogId = bincode::deserialize(payload).map_err(bad)?;
                 meta.purged = Some(purged);
@@ -680,6 +717,26 @@ fn replay_segment(id: u64, data: &[u8], meta: &mut Meta, inner: &mut Inner) -> i
     }
     inner.segment_max.insert(id, max_index);
     Ok(at)
+}
+
+/// Whether damage at `at` lies in an op that was durable: the op holding it is the one before
+/// the first whole `Mark` after it (ops are numbered consecutively in a segment), and it was
+/// durable if any later mark says so. Returns that op's number if so. Without a later mark the
+/// damage is in the last op written, which a crash may have torn.
+fn durable_op_at(data: &[u8], at: usize) -> Option<u64> {
+    let mark_len = bincode::serialized_size(&Mark { seq: 0, synced: 0 }).expect("sized") as u32;
+    let mut marks = (at + 1..data.len().saturating_sub(FRAME_HEADER))
+        .filter(|&p| data[p + 8] == KIND_MARK && data[p..p + 4] == mark_len.to_le_bytes())
+        .filter_map(|p| match parse(&data[p..]) {
+            Parsed::Record { payload, .. } => bincode::deserialize::<Mark>(payload).ok(),
+            _ => None,
+        });
+    let first = marks.next()?;
+    let damaged = first.seq.checked_sub(1)?;
+    std::iter::once(first)
+        .chain(marks)
+        .any(|m| m.synced >= damaged)
+        .then_some(damaged)
 }
 
 fn create_segment(dir: &Path, id: u64) -> io::Result<File> {
@@ -774,6 +831,9 @@ fn writer_loop(dir: &Path, mut tail: Tail, inner: &Mutex<Inner>, rx: &mpsc::Rece
         }
         let mut guard = lock(inner);
         guard.written_seq = guard.written_seq.max(last_seq);
+        if result.as_ref().is_ok_and(|synced| *synced) {
+            guard.synced_seq = guard.synced_seq.max(last_seq);
+        }
         for segment in deletes {
             guard.readers.remove(&segment);
         }
@@ -787,7 +847,7 @@ fn write_group(
     ops: &mut [Op],
     deletes: &mut Vec<u64>,
     last_seq: &mut u64,
-) -> io::Result<()> {
+) -> io::Result<bool> {
     let mut new_dir_entry = false;
     // Only a group that someone waits for needs the fsync: a group of records nobody waits
     // for (a truncate, a purge) rides on the next fsync instead.
@@ -817,7 +877,7 @@ fn write_group(
     if new_dir_entry {
         sync_dir(dir)?;
     }
-    Ok(())
+    Ok(needs_sync)
 }
 
 /// Inclusive `(start, end)` of a range of log indexes; empty when `start > end`.
@@ -1308,6 +1368,98 @@ mod tests {
             .expect("must refuse");
         assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
         assert!(err.to_string().contains("not the newest"), "{err}");
+    }
+
+    /// Offsets of the `Mark` records of a segment, in file order.
+    fn marks(bytes: &[u8]) -> Vec<usize> {
+        let mut at = 0;
+        let mut out = Vec::new();
+        while let Parsed::Record { kind, payload } = parse(&bytes[at..]) {
+            if kind == KIND_MARK {
+                out.push(at);
+            }
+            at += FRAME_HEADER + payload.len();
+        }
+        out
+    }
+
+    /// Zeroes the first whole 4 KiB page inside the newest segment's last op that has whole
+    /// records after it: a power cut that wrote the op's later pages but not that one.
+    /// Returns the page's offset.
+    fn punch_hole_in_last_op(path: &Path) -> usize {
+        let mut bytes = fs::read(path).expect("read");
+        let op = *marks(&bytes).last().expect("a mark");
+        let end = records_end(&bytes);
+        let page = (op + 1).next_multiple_of(4096);
+        assert!(
+            page + 4096 + 512 < end,
+            "the op spans too few pages: {op}..{end}"
+        );
+        bytes[page..page + 4096].fill(0);
+        fs::write(path, &bytes).expect("write");
+        page
+    }
+
+    #[tokio::test]
+    async fn a_hole_torn_into_the_last_group_is_cut_off() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let mut store = LogStore::open(dir.path()).expect("open");
+            append(&mut store, entries(1, 1..=4)).await;
+            // One op of several pages: the group a power cut tears.
+            append(&mut store, entries(1, 5..=600)).await;
+        }
+        let path = newest_segment(dir.path());
+        let hole = punch_hole_in_last_op(&path);
+        let kept = {
+            let mut store = LogStore::open(dir.path()).expect("reopen after a torn group");
+            let kept = all(&mut store).await;
+            assert!(kept.len() >= 4 && kept.len() < 600, "{}", kept.len());
+            assert!(kept.iter().zip(1..).all(|(id, i)| id.index() == i));
+            assert!(fs::metadata(&path).expect("meta").len() <= hole as u64);
+            let next = kept.len() as u64 + 1;
+            append(&mut store, entries(2, next..=next + 2)).await;
+            kept.len() + 3
+        };
+        let mut store = LogStore::open(dir.path()).expect("reopen after going on");
+        assert_eq!(all(&mut store).await.len(), kept);
+    }
+
+    #[tokio::test]
+    async fn a_hole_in_a_group_a_later_mark_shows_durable_refuses_to_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let mut store = LogStore::open(dir.path()).expect("open");
+            append(&mut store, entries(1, 1..=600)).await;
+        }
+        {
+            // A later run's op: its mark says everything before it was synced.
+            let mut store = LogStore::open(dir.path()).expect("reopen");
+            append(&mut store, entries(1, 601..=602)).await;
+        }
+        let path = newest_segment(dir.path());
+        let after = fs::read(&path).expect("read");
+        // Punch the hole into the big op (the one before the last).
+        let ops = marks(&after);
+        let big = ops[ops.len() - 2];
+        let mut bytes = after.clone();
+        let page = (big + 1).next_multiple_of(4096);
+        bytes[page..page + 4096].fill(0);
+        fs::write(&path, &bytes).expect("write");
+        let err = LogStore::open(dir.path()).err().expect("must refuse");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        assert!(err.to_string().contains("durable"), "{err}");
+        // A length field damaged into a huge value (a record cut short) is no torn write
+        // either when a later mark shows its op durable.
+        let mut bytes = after.clone();
+        let first_entry = big + FRAME_HEADER + 16;
+        bytes[first_entry..first_entry + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        fs::write(&path, &bytes).expect("write");
+        let err = LogStore::open(dir.path()).err().expect("must refuse");
+        assert!(err.to_string().contains("durable"), "{err}");
+        fs::write(&path, &after).expect("repair");
+        let mut store = LogStore::open(dir.path()).expect("opens once repaired");
+        assert_eq!(all(&mut store).await.len(), 602);
     }
 
     #[tokio::test]
