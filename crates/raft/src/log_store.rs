@@ -346,16 +346,31 @@ impl<'a> Batch<'a> {
         at
     }
 
+    /// Queues what was framed so far as one write op. Only an op with bytes takes a new
+    /// number (its `Mark` carries it), so the marked ops of a segment are numbered without
+    /// gaps; an op that only carries completion handles reuses the last number.
+    fn push_write(
+        &mut self,
+        callback: Option<IOFlushed<TypeConfig>>,
+        done: Option<tokio::sync::oneshot::Sender<io::Result<()>>>,
+    ) {
+        let seq = if self.bytes.is_empty() {
+            self.inner.next_seq - 1
+        } else {
+            self.inner.next_seq += 1;
+            self.inner.next_seq - 1
+        };
+        self.ops.push(Op::Write {
+            seq,
+            bytes: std::mem::take(&mut self.bytes),
+            callback,
+            done,
+        });
+    }
+
     fn flush_bytes(&mut self) {
         if !self.bytes.is_empty() {
-            let seq = self.inner.next_seq;
-            self.inner.next_seq += 1;
-            self.ops.push(Op::Write {
-                seq,
-                bytes: std::mem::take(&mut self.bytes),
-                callback: None,
-                done: None,
-            });
+            self.push_write(None, None);
         }
     }
 
@@ -377,14 +392,7 @@ impl<'a> Batch<'a> {
         done: Option<tokio::sync::oneshot::Sender<io::Result<()>>>,
     ) -> Vec<Op> {
         if !self.bytes.is_empty() || callback.is_some() || done.is_some() {
-            let seq = self.inner.next_seq;
-            self.inner.next_seq += 1;
-            self.ops.push(Op::Write {
-                seq,
-                bytes: std::mem::take(&mut self.bytes),
-                callback,
-                done,
-            });
+            self.push_write(callback, done);
         }
         self.ops
     }
@@ -1398,6 +1406,34 @@ mod tests {
         bytes[page..page + 4096].fill(0);
         fs::write(path, &bytes).expect("write");
         page
+    }
+
+    #[tokio::test]
+    async fn marks_are_numbered_without_gaps_across_empty_ops_and_restarts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let mut store = LogStore::open(dir.path()).expect("open");
+            append(&mut store, entries(1, 1..=2)).await;
+            append(&mut store, Vec::new()).await;
+            append(&mut store, entries(1, 3..=4)).await;
+        }
+        {
+            let mut store = LogStore::open(dir.path()).expect("reopen");
+            append(&mut store, Vec::new()).await;
+            barrier(&mut store, 2).await;
+            append(&mut store, entries(2, 5..=5)).await;
+        }
+        let bytes = fs::read(newest_segment(dir.path())).expect("read");
+        let seqs: Vec<u64> = marks(&bytes)
+            .into_iter()
+            .map(|at| match parse(&bytes[at..]) {
+                Parsed::Record { payload, .. } => {
+                    bincode::deserialize::<Mark>(payload).expect("mark").seq
+                }
+                _ => unreachable!("marks() returns whole records"),
+            })
+            .collect();
+        assert_eq!(seqs, vec![1, 2, 3, 4], "one number per op that wrote bytes");
     }
 
     #[tokio::test]
