@@ -331,7 +331,7 @@ impl<'a> Batch<'a> {
             self.rotate();
         }
         if self.bytes.is_empty() {
-            // The op these bytes become takes `next_seq` (see `flush_bytes` and `finish`).
+            // The op these bytes become takes `next_seq` (see `push_write`).
             let mark = Mark {
                 seq: self.inner.next_seq,
                 synced: self.inner.synced_seq,

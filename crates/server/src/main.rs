@@ -5,6 +5,11 @@ use clap::Parser;
 use keel_server::{Config, Listeners, Node};
 use tokio::signal::unix::{signal, SignalKind};
 
+/// jemalloc instead of glibc's malloc: less CPU per request under load at about the same RSS
+/// (see docs/architecture.md, Memory bounds).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KEEL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
