@@ -6,7 +6,7 @@ use keel_server::{Config, Listeners, Node};
 use tokio::signal::unix::{signal, SignalKind};
 
 /// jemalloc instead of glibc's malloc: less CPU per request under load at about the same RSS
-/// (see docs/architecture.md, Memory bounds).
+/// (measurements: docs/architecture.md, the Allocator bullet).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
