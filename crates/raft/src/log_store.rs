@@ -162,11 +162,32 @@ struct Meta {
 }
 
 /// The record that begins every writer op: its sequence number and the highest op that was
-/// durable when it was built.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+/// durable when it was built. Encoded by hand (two little-endian u64s, as bincode would): it
+/// is framed on every op, without an allocation.
+#[derive(Clone, Copy, Debug)]
 struct Mark {
     seq: u64,
     synced: u64,
+}
+
+const MARK_BYTES: usize = 16;
+
+impl Mark {
+    fn encode(self) -> [u8; MARK_BYTES] {
+        let mut out = [0; MARK_BYTES];
+        out[..8].copy_from_slice(&self.seq.to_le_bytes());
+        out[8..].copy_from_slice(&self.synced.to_le_bytes());
+        out
+    }
+
+    fn decode(payload: &[u8]) -> Option<Mark> {
+        let payload: &[u8; MARK_BYTES] = payload.try_into().ok()?;
+        let (seq, synced) = payload.split_at(8);
+        Some(Mark {
+            seq: u64::from_le_bytes(seq.try_into().ok()?),
+            synced: u64::from_le_bytes(synced.try_into().ok()?),
+        })
+    }
 }
 
 /// Where an entry's record lives.
@@ -336,9 +357,8 @@ impl<'a> Batch<'a> {
                 seq: self.inner.next_seq,
                 synced: self.inner.synced_seq,
             };
-            let mark = bincode::serialize(&mark).expect("mark serializes");
-            frame(KIND_MARK, &mark, &mut self.bytes);
-            self.inner.segment_len += (FRAME_HEADER + mark.len()) as u64;
+            frame(KIND_MARK, &mark.encode(), &mut self.bytes);
+            self.inner.segment_len += (FRAME_HEADER + MARK_BYTES) as u64;
         }
         let at = (self.inner.segment, self.inner.segment_len);
         frame(kind, payload, &mut self.bytes);
@@ -692,7 +712,12 @@ fn replay_segment(id: u64, data: &[u8], meta: &mut Meta, inner: &mut Inner) -> i
             KIND_VOTE => meta.vote = Some(bincode::deserialize(payload).map_err(bad)?),
             KIND_COMMITTED => meta.committed = bincode::deserialize(payload).map_err(bad)?,
             KIND_MARK => {
-                let mark: Mark = bincode::deserialize(payload).map_err(bad)?;
+                let mark = Mark::decode(payload).ok_or_else(|| {
+                    invalid(format!(
+                        "raft log: segment {} offset {at}: bad mark",
+                        segment_name(id)
+                    ))
+                })?;
                 inner.next_seq = inner.next_seq.max(mark.seq + 1);
             }
             KIND_PURGE => {
@@ -732,11 +757,11 @@ fn replay_segment(id: u64, data: &[u8], meta: &mut Meta, inner: &mut Inner) -> i
 /// durable if any later mark says so. Returns that op's number if so. Without a later mark the
 /// damage is in the last op written, which a crash may have torn.
 fn durable_op_at(data: &[u8], at: usize) -> Option<u64> {
-    let mark_len = bincode::serialized_size(&Mark { seq: 0, synced: 0 }).expect("sized") as u32;
+    let mark_len = (MARK_BYTES as u32).to_le_bytes();
     let mut marks = (at + 1..data.len().saturating_sub(FRAME_HEADER))
-        .filter(|&p| data[p + 8] == KIND_MARK && data[p..p + 4] == mark_len.to_le_bytes())
+        .filter(|&p| data[p + 8] == KIND_MARK && data[p..p + 4] == mark_len)
         .filter_map(|p| match parse(&data[p..]) {
-            Parsed::Record { payload, .. } => bincode::deserialize::<Mark>(payload).ok(),
+            Parsed::Record { payload, .. } => Mark::decode(payload),
             _ => None,
         });
     let first = marks.next()?;
@@ -1277,13 +1302,21 @@ mod tests {
         assert_eq!(state.last_purged_log_id, Some(log_id(2, 50)));
     }
 
-    /// Where the last whole record of a segment ends (zeros may follow).
-    fn records_end(bytes: &[u8]) -> usize {
+    /// The whole records of a segment from its start, as (offset, kind), and where they end
+    /// (zeros or damage may follow).
+    fn walk(bytes: &[u8]) -> (Vec<(usize, u8)>, usize) {
         let mut at = 0;
-        while let Parsed::Record { payload, .. } = parse(&bytes[at..]) {
+        let mut records = Vec::new();
+        while let Parsed::Record { kind, payload } = parse(&bytes[at..]) {
+            records.push((at, kind));
             at += FRAME_HEADER + payload.len();
         }
-        at
+        (records, at)
+    }
+
+    /// Where the last whole record of a segment ends (zeros may follow).
+    fn records_end(bytes: &[u8]) -> usize {
+        walk(bytes).1
     }
 
     #[tokio::test]
@@ -1380,15 +1413,11 @@ mod tests {
 
     /// Offsets of the `Mark` records of a segment, in file order.
     fn marks(bytes: &[u8]) -> Vec<usize> {
-        let mut at = 0;
-        let mut out = Vec::new();
-        while let Parsed::Record { kind, payload } = parse(&bytes[at..]) {
-            if kind == KIND_MARK {
-                out.push(at);
-            }
-            at += FRAME_HEADER + payload.len();
-        }
-        out
+        let (records, _) = walk(bytes);
+        records
+            .into_iter()
+            .filter_map(|(at, kind)| (kind == KIND_MARK).then_some(at))
+            .collect()
     }
 
     /// Zeroes the first whole 4 KiB page inside the newest segment's last op that has whole
@@ -1427,9 +1456,7 @@ mod tests {
         let seqs: Vec<u64> = marks(&bytes)
             .into_iter()
             .map(|at| match parse(&bytes[at..]) {
-                Parsed::Record { payload, .. } => {
-                    bincode::deserialize::<Mark>(payload).expect("mark").seq
-                }
+                Parsed::Record { payload, .. } => Mark::decode(payload).expect("mark").seq,
                 _ => unreachable!("marks() returns whole records"),
             })
             .collect();

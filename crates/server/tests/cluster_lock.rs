@@ -170,6 +170,7 @@ impl KeepAlive {
                         tokio::time::sleep(KEEPALIVE_INTERVAL).await;
                     }
                 }
+                // Reconnect backoff (the task ends when the guard drops), not a synchroniser.
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }))
