@@ -6,7 +6,7 @@
 //! everything from the store when it is promoted.
 //! Must never: read a clock (time is an argument) or do I/O.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use crate::apply::lease::LeaseRecord;
@@ -21,6 +21,9 @@ struct Live {
 pub struct Lessor {
     primary: bool,
     leases: HashMap<i64, Live>,
+    /// `(expiry, id)` of every lease in `leases`: the expiry check reads only the leases that
+    /// are due, not every live lease on each tick.
+    by_expiry: BTreeSet<(Instant, i64)>,
     /// Leases renewed since their deadline was last replicated.
     renewed: HashSet<i64>,
     /// The time before this instant is in the replicated lease clock, or was left out of it
@@ -50,24 +53,26 @@ impl Lessor {
         self.primary = true;
         self.renewed.clear();
         self.clock_mark = Some(now);
-        self.leases = records
-            .iter()
-            .map(|(id, r)| {
-                let left = Duration::from_millis(r.remaining_ms(clock_ms) as u64);
-                (
-                    *id,
-                    Live {
-                        ttl_s: r.ttl_s,
-                        expiry: now + left + extend,
-                    },
-                )
-            })
-            .collect();
+        self.leases.clear();
+        self.by_expiry.clear();
+        for (id, r) in records {
+            let left = Duration::from_millis(r.remaining_ms(clock_ms) as u64);
+            self.insert(*id, r.ttl_s, now + left + extend);
+        }
+    }
+
+    /// Adds or replaces a lease, keeping `by_expiry` in step with `leases`.
+    fn insert(&mut self, id: i64, ttl_s: i64, expiry: Instant) {
+        if let Some(old) = self.leases.insert(id, Live { ttl_s, expiry }) {
+            self.by_expiry.remove(&(old.expiry, id));
+        }
+        self.by_expiry.insert((expiry, id));
     }
 
     pub fn demote(&mut self) {
         self.primary = false;
         self.leases.clear();
+        self.by_expiry.clear();
         self.renewed.clear();
         self.clock_mark = None;
     }
@@ -79,30 +84,26 @@ impl Lessor {
                 // The clock did not count the time without leases; it starts again now.
                 self.clock_mark = Some(now);
             }
-            self.leases.insert(
-                id,
-                Live {
-                    ttl_s,
-                    expiry: now + secs(ttl_s),
-                },
-            );
+            self.insert(id, ttl_s, now + secs(ttl_s));
         }
     }
 
     /// A revoke was applied.
     pub fn revoked(&mut self, id: i64) {
-        self.leases.remove(&id);
+        if let Some(old) = self.leases.remove(&id) {
+            self.by_expiry.remove(&(old.expiry, id));
+        }
         self.renewed.remove(&id);
     }
 
     /// A keepalive: restarts the lease's TTL. Returns the TTL, or `None` for an unknown or
     /// already expired lease.
     pub fn renew(&mut self, id: i64, now: Instant) -> Option<i64> {
-        let live = self.leases.get_mut(&id)?;
+        let live = *self.leases.get(&id)?;
         if live.expiry <= now {
             return None;
         }
-        live.expiry = now + secs(live.ttl_s);
+        self.insert(id, live.ttl_s, now + secs(live.ttl_s));
         self.renewed.insert(id);
         Some(live.ttl_s)
     }
@@ -116,14 +117,12 @@ impl Lessor {
 
     /// Leases past their deadline, at most `max`, soonest first.
     pub fn expired(&self, now: Instant, max: usize) -> Vec<i64> {
-        let mut due: Vec<(Instant, i64)> = self
-            .leases
+        self.by_expiry
             .iter()
-            .filter(|(_, l)| l.expiry <= now)
-            .map(|(id, l)| (l.expiry, *id))
-            .collect();
-        due.sort_unstable();
-        due.into_iter().take(max).map(|(_, id)| id).collect()
+            .take_while(|(expiry, _)| *expiry <= now)
+            .take(max)
+            .map(|(_, id)| *id)
+            .collect()
     }
 
     /// How far to move the lease clock: the time since the last move, if any lease is alive
@@ -222,6 +221,33 @@ mod tests {
         let later = t0 + Duration::from_secs(5);
         assert_eq!(l.expired(later, 10), vec![2, 3, 1]);
         assert_eq!(l.expired(later, 2), vec![2, 3]);
+    }
+
+    #[test]
+    fn renewed_regranted_and_revoked_leases_leave_no_stale_deadline() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut l = Lessor::default();
+        l.promote(t0, 0, &[], Duration::ZERO);
+        for id in [1, 2, 3] {
+            l.granted(id, 2, t0);
+        }
+        assert_eq!(l.renew(1, t0 + s), Some(2), "now due at 3 s");
+        l.granted(2, 5, t0);
+        l.revoked(3);
+        assert!(
+            l.expired(t0 + 5 * s / 2, 10).is_empty(),
+            "no old deadline is due"
+        );
+        assert_eq!(l.expired(t0 + 3 * s, 10), vec![1]);
+        assert_eq!(l.expired(t0 + 5 * s, 10), vec![1, 2]);
+        l.demote();
+        l.promote(t0, 0, &[(4, record(1, 1_000))], Duration::ZERO);
+        assert_eq!(
+            l.expired(t0 + 5 * s, 10),
+            vec![4],
+            "promotion starts afresh"
+        );
     }
 
     #[test]
