@@ -51,6 +51,9 @@ pub struct StateMachine {
     applier: Arc<dyn Applier>,
     /// Whether a snapshot was built or installed since this process started.
     built: Arc<AtomicBool>,
+    /// The Raft state the last `apply` stored, so the next one need not read it back from the
+    /// store. Only `apply` uses it; an install drops it.
+    applied: Option<RaftState>,
 }
 
 impl StateMachine {
@@ -58,6 +61,7 @@ impl StateMachine {
         Self {
             applier,
             built: Arc::new(AtomicBool::new(false)),
+            applied: None,
         }
     }
 
@@ -107,7 +111,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     where
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + Send,
     {
-        let (mut last_applied, mut membership) = self.raft_state()?;
+        let (mut last_applied, mut membership) = match self.applied.take() {
+            Some(state) => state,
+            None => self.raft_state()?,
+        };
         let mut batch = Vec::new();
         while let Some((entry, responder)) = entries.try_next().await? {
             let log_id = entry.log_id();
@@ -122,10 +129,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             };
             batch.push((payload, responder));
         }
+        let applied = (last_applied, membership);
         if batch.is_empty() {
+            self.applied = Some(applied);
             return Ok(());
         }
-        let state = encode_record(&(last_applied, membership))?;
+        let state = encode_record(&applied)?;
         let payloads: Vec<Option<&[u8]>> = batch.iter().map(|(p, _)| p.as_deref()).collect();
         let responses = self.applier.apply(&payloads, &state)?;
         if responses.len() != batch.len() {
@@ -133,6 +142,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 "applier returned a wrong number of responses",
             ));
         }
+        self.applied = Some(applied);
         for ((_, responder), payload) in batch.into_iter().zip(responses) {
             if let Some(responder) = responder {
                 responder.send(Response { payload });
@@ -151,6 +161,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Cursor<Vec<u8>>,
     ) -> Result<(), io::Error> {
         let dump = snapshot.into_inner();
+        self.applied = None;
         crate::crash_point!("snapshot::before_install");
         self.applier.restore(&dump)?;
         crate::crash_point!("snapshot::after_install");
@@ -227,8 +238,10 @@ mod tests {
             self.record("load");
             Ok(self.state.lock().unwrap().0.clone())
         }
-        fn apply(&self, _: &[Option<&[u8]>], _: &[u8]) -> io::Result<Vec<Vec<u8>>> {
-            unreachable!("not applied in these tests")
+        fn apply(&self, payloads: &[Option<&[u8]>], state: &[u8]) -> io::Result<Vec<Vec<u8>>> {
+            self.record("apply");
+            self.state.lock().unwrap().0 = Some(state.to_vec());
+            Ok(vec![Vec::new(); payloads.len()])
         }
         fn sync(&self) -> io::Result<()> {
             self.record("sync");
@@ -239,9 +252,59 @@ mod tests {
             let (state, data) = self.state.lock().unwrap().clone();
             Ok((state.expect("state"), data))
         }
-        fn restore(&self, _: &[u8]) -> io::Result<()> {
-            unreachable!("not restored in these tests")
+        fn restore(&self, dump: &[u8]) -> io::Result<()> {
+            self.record("restore");
+            let state: RaftState = decode_record(dump)?;
+            self.state.lock().unwrap().0 = Some(encode_record(&state)?);
+            Ok(())
         }
+    }
+
+    fn blank(index: u64) -> Result<EntryResponder<TypeConfig>, io::Error> {
+        Ok((
+            crate::types::Entry::new_blank(LogId::new(LeaderId::new_committed(1, 7), index)),
+            None,
+        ))
+    }
+
+    fn stored_index(applier: &Recording) -> Option<u64> {
+        let state = applier.state.lock().unwrap().0.clone()?;
+        let (applied, _): RaftState = decode_record(&state).expect("state");
+        applied.map(|id| id.index)
+    }
+
+    #[tokio::test]
+    async fn apply_reads_the_raft_state_once_and_again_after_an_install() {
+        let applier = Arc::new(Recording::default());
+        applier.set(5, b"");
+        let mut sm = StateMachine::new(applier.clone());
+        sm.apply(futures::stream::iter([blank(6), blank(7)]))
+            .await
+            .expect("apply");
+        sm.apply(futures::stream::iter([blank(8)]))
+            .await
+            .expect("apply");
+        assert_eq!(applier.calls(), vec!["load", "apply", "apply"]);
+        assert_eq!(stored_index(&applier), Some(8));
+
+        // An install replaces the state behind the state machine's back: read it again.
+        let installed = encode_record(&(
+            Some(LogId::new(LeaderId::new_committed(2, 7), 20)),
+            StoredMembership::default(),
+        ))
+        .expect("encode");
+        let meta = SnapshotMeta {
+            last_log_id: Some(LogId::new(LeaderId::new_committed(2, 7), 20)),
+            last_membership: StoredMembership::default(),
+        };
+        sm.install_snapshot(&meta, Cursor::new(installed))
+            .await
+            .expect("install");
+        sm.apply(futures::stream::iter([blank(21)]))
+            .await
+            .expect("apply");
+        assert_eq!(applier.calls(), vec!["restore", "load", "apply"]);
+        assert_eq!(stored_index(&applier), Some(21));
     }
 
     fn index(meta: &SnapshotMeta) -> u64 {
