@@ -175,10 +175,10 @@ impl KeelRaft {
         }
     }
 
-    /// Replicates one payload and returns what applying it produced.
-    pub async fn write(&self, payload: Vec<u8>) -> Result<Vec<u8>, RaftError> {
+    /// Replicates one payload and returns its log index and what applying it produced.
+    pub async fn write(&self, payload: Vec<u8>) -> Result<(u64, Vec<u8>), RaftError> {
         match self.raft.client_write(Request { payload }).await {
-            Ok(resp) => Ok(resp.data.payload),
+            Ok(resp) => Ok((resp.log_id.index, resp.data.payload)),
             Err(openraft::errors::RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 Err(forward(f.leader_id, f.leader_node))
             }

@@ -23,7 +23,8 @@ use tonic::{Code, Status, Streaming};
 
 use crate::propose::Proposer;
 
-type Answer = Result<Option<InternalResponse>, Status>;
+/// The leader's answer: the entry's log index and its applied response, or why it has none.
+type Answer = Result<Option<(u64, InternalResponse)>, Status>;
 /// Waiting writes by request id; `None` once the stream has ended.
 type Pending = Arc<Mutex<Option<BTreeMap<u64, oneshot::Sender<Answer>>>>>;
 
@@ -83,7 +84,7 @@ async fn route(mut answers: Streaming<ForwardResponse>, pending: &Pending) -> St
                     .and_then(|p| p.remove(&answer.request_id));
                 if let Some(tx) = waiter {
                     let _ = tx.send(if answer.code == Code::Ok as i32 {
-                        Ok(answer.response)
+                        Ok(answer.response.map(|r| (answer.index, r)))
                     } else {
                         Err(Status::new(Code::from_i32(answer.code), answer.message))
                     });
@@ -153,9 +154,10 @@ pub fn serve(
             tokio::spawn(async move {
                 let request_id = req.request_id;
                 let answer = match proposer.propose_local(req).await {
-                    Ok(response) => ForwardResponse {
+                    Ok((index, response)) => ForwardResponse {
                         response: Some(response),
                         request_id,
+                        index,
                         ..Default::default()
                     },
                     Err(e) => {
@@ -165,6 +167,7 @@ pub fn serve(
                             request_id,
                             code: status.code() as i32,
                             message: status.message().to_string(),
+                            index: 0,
                         }
                     }
                 };

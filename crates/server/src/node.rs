@@ -6,7 +6,8 @@
 //! when the store fails a commit or a durable sync (Raft stops on a failed apply, the
 //! maintenance task on a failed sync) the member stops serving and stops Raft at once and
 //! reports why through [`Node::wait_fatal`] (the binary then exits non-zero).
-//! Must never: serve a request before Raft and the store are open, or carry on after a
+//! Must never: serve a request before Raft and the store are open, serve a client before the
+//! member's attributes are published (etcd's readiness), or carry on after a
 //! failed fsync (the pages it lost would be reported durable by the next sync that works).
 
 use std::collections::BTreeMap;
@@ -250,6 +251,7 @@ impl Node {
                     grpc::peer_routes(&server),
                     &shutdown,
                     &connections,
+                    None,
                 );
                 (
                     Served::Tcp(Listeners {
@@ -266,6 +268,7 @@ impl Node {
                     grpc::peer_routes(&server),
                     &shutdown,
                     &connections,
+                    None,
                 );
                 (
                     Served::Streams {
@@ -292,6 +295,7 @@ impl Node {
             raft.initialize(members).await?;
         }
         let client_routes = grpc::client_routes(&server).await;
+        let (published, published_rx) = watch::channel(false);
         let client_addrs = match client_listeners {
             Served::Tcp(listeners) => serve_all(
                 &mut tasks,
@@ -299,6 +303,7 @@ impl Node {
                 client_routes,
                 &shutdown,
                 &connections,
+                Some(published_rx.clone()),
             ),
             Served::Streams { client, .. } => serve_all(
                 &mut tasks,
@@ -306,9 +311,14 @@ impl Node {
                 client_routes,
                 &shutdown,
                 &connections,
+                Some(published_rx.clone()),
             ),
         };
-        tasks.spawn(publish_attributes(server.clone(), shutdown.subscribe()));
+        tasks.spawn(publish_attributes(
+            server.clone(),
+            published,
+            shutdown.subscribe(),
+        ));
         if simulated {
             tasks.spawn(maintain_simulated_store(
                 server.store.clone(),
@@ -457,12 +467,15 @@ fn stream_incoming(
         .collect()
 }
 
+/// Serves `routes` on every listener; with `ready`, only once it turns true (until then
+/// connections wait in the listen backlog, as etcd's client listeners wait for its publish).
 fn serve_all<I, IO>(
     tasks: &mut JoinSet<()>,
     listeners: Vec<(Option<SocketAddr>, I)>,
     routes: tonic::service::Routes,
     shutdown: &watch::Sender<bool>,
     connections: &Arc<KillSwitch>,
+    ready: Option<watch::Receiver<bool>>,
 ) -> Vec<SocketAddr>
 where
     I: Stream<Item = std::io::Result<IO>> + Send + 'static,
@@ -474,7 +487,14 @@ where
         let routes = routes.clone();
         let connections = connections.clone();
         let mut stop = shutdown.subscribe();
+        let mut ready = ready.clone();
         tasks.spawn(async move {
+            if let Some(ready) = ready.as_mut() {
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    published = ready.wait_for(|r| *r) => if published.is_err() { return },
+                }
+            }
             // etcdctl 3.4 sends URL-shaped :authority headers that h2 would reject.
             let incoming = incoming.map_ok(move |conn| AuthorityFix::new(connections.wrap(conn)));
             let result = tonic::transport::Server::builder()
@@ -517,8 +537,14 @@ impl ApplyObserver for Observers {
 }
 
 /// Like etcd's publish: once a leader exists, replicate this member's name and client URLs
-/// so that every member's `MemberList` shows them. Retries until it lands or shutdown.
-async fn publish_attributes(server: Arc<Server>, mut stop: watch::Receiver<bool>) {
+/// so that every member's `MemberList` shows them. Retries until it lands or shutdown; then
+/// (or at once when the store already holds them) sets `published`, which opens the client
+/// listeners.
+async fn publish_attributes(
+    server: Arc<Server>,
+    published: watch::Sender<bool>,
+    mut stop: watch::Receiver<bool>,
+) {
     let attrs = MemberAttributes {
         id: server.member_id,
         name: server.name.clone(),
@@ -527,6 +553,7 @@ async fn publish_attributes(server: Arc<Server>, mut stop: watch::Receiver<bool>
     let mut backoff = Duration::from_millis(50);
     loop {
         if member_attributes(&server.store, server.member_id).as_ref() == Some(&attrs) {
+            published.send_replace(true);
             return;
         }
         match server
@@ -534,7 +561,10 @@ async fn publish_attributes(server: Arc<Server>, mut stop: watch::Receiver<bool>
             .propose(Command::MemberAttributes(attrs.clone()))
             .await
         {
-            Ok(_) => return,
+            Ok(_) => {
+                published.send_replace(true);
+                return;
+            }
             Err(e) => tracing::debug!(error = %e, "publishing member attributes; will retry"),
         }
         tokio::select! {

@@ -47,6 +47,10 @@ fn not_delivered(s: &tonic::Status) -> bool {
         || (s.code() == tonic::Code::Unavailable && s.message().contains("tcp connect error"))
 }
 
+fn decode_response(bytes: &[u8]) -> Result<InternalResponse, EtcdError> {
+    InternalResponse::decode(bytes).map_err(|e| EtcdError::Unknown(e.to_string()))
+}
+
 /// Sends writes and read barriers to wherever the leader is.
 pub struct Proposer {
     raft: KeelRaft,
@@ -98,11 +102,14 @@ impl Proposer {
             .ok_or_else(|| EtcdError::Unknown("etcdserver: empty response".into()))
     }
 
-    /// Proposes locally; never forwards (the forwarding member already did).
-    pub async fn propose_local(&self, req: InternalRequest) -> Result<InternalResponse, EtcdError> {
+    /// Proposes locally; never forwards (the forwarding member already did). Returns the
+    /// entry's log index with its applied response.
+    pub async fn propose_local(
+        &self,
+        req: InternalRequest,
+    ) -> Result<(u64, InternalResponse), EtcdError> {
         match self.raft.write(req.encode_to_vec()).await {
-            Ok(bytes) => InternalResponse::decode(bytes.as_slice())
-                .map_err(|e| EtcdError::Unknown(e.to_string())),
+            Ok((index, bytes)) => Ok((index, decode_response(&bytes)?)),
             Err(RaftError::ForwardTo { .. }) => Err(EtcdError::NotLeader),
             Err(e) => Err(raft_error(e)),
         }
@@ -118,9 +125,17 @@ impl Proposer {
             )
             .await?;
         match bytes {
-            Routed::Local(bytes) => InternalResponse::decode(bytes.as_slice())
-                .map_err(|e| EtcdError::Unknown(e.to_string())),
-            Routed::Remote(response) => response.ok_or(EtcdError::LeaderChanged),
+            Routed::Local((_, bytes)) => decode_response(&bytes),
+            Routed::Remote(answer) => {
+                let (index, response) = answer.ok_or(EtcdError::LeaderChanged)?;
+                // etcd answers a write only after the member the client asked applied it, so
+                // the client's next serializable read there sees the write.
+                self.raft
+                    .wait_applied(index, self.leader_wait)
+                    .await
+                    .map_err(raft_error)?;
+                Ok(response)
+            }
         }
     }
 

@@ -1,12 +1,19 @@
 //! `Maintenance.Status` and `Cluster.MemberList` on every member of a 3-member cluster, as
-//! `etcdctl endpoint status` and `etcdctl member list` use them.
+//! `etcdctl endpoint status` and `etcdctl member list` use them, and a new member's client
+//! listener, which (as etcd's) serves only once the member has published its attributes.
 
 mod common;
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
+use clap::Parser;
 use common::*;
+use keel_api::etcdserverpb::cluster_client::ClusterClient;
 use keel_api::etcdserverpb::{MemberListRequest, StatusRequest, StatusResponse};
+use keel_server::{Config, Listeners, Node};
+use tokio::net::TcpListener;
+use tonic::transport::Endpoint;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_reports_one_leader_and_one_term_on_every_member() {
@@ -154,4 +161,110 @@ async fn member_list_shows_every_member_with_its_name_and_urls() {
         }
     }
     cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_member_serves_clients_only_once_its_attributes_are_published() {
+    init_tracing();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut client = Vec::new();
+    let mut peer = Vec::new();
+    for _ in 0..3 {
+        client.push(TcpListener::bind("127.0.0.1:0").await.expect("bind client"));
+        peer.push(TcpListener::bind("127.0.0.1:0").await.expect("bind peer"));
+    }
+    let url = |l: &TcpListener| format!("http://{}", l.local_addr().expect("local addr"));
+    let client_urls: Vec<String> = client.iter().map(url).collect();
+    let initial_cluster = (0..3)
+        .map(|i| format!("m{i}={}", url(&peer[i])))
+        .collect::<Vec<_>>()
+        .join(",");
+    let configs: Vec<Config> = (0..3)
+        .map(|i| {
+            let data_dir = dir.path().join(format!("m{i}"));
+            Config::try_parse_from([
+                "keel",
+                "--name",
+                &format!("m{i}"),
+                "--data-dir",
+                data_dir.to_str().expect("utf-8 temp path"),
+                "--listen-client-urls",
+                &client_urls[i],
+                "--advertise-client-urls",
+                &client_urls[i],
+                "--listen-peer-urls",
+                &url(&peer[i]),
+                "--initial-advertise-peer-urls",
+                &url(&peer[i]),
+                "--initial-cluster",
+                &initial_cluster,
+                "--heartbeat-interval",
+                HEARTBEAT_MS,
+                "--election-timeout",
+                ELECTION_TIMEOUT_MS,
+            ])
+            .expect("flags parse")
+        })
+        .collect();
+    let mut listeners: Vec<Listeners> = client
+        .into_iter()
+        .zip(peer)
+        .map(|(c, p)| Listeners {
+            client: vec![c],
+            peer: vec![p],
+        })
+        .collect();
+    let channel = |i: usize| {
+        Endpoint::from_shared(client_urls[i].clone())
+            .expect("url")
+            .timeout(Duration::from_secs(1))
+            .connect_lazy()
+    };
+
+    tracing::info!("--- phase 1: m0 alone has no quorum to publish through, and serves no client");
+    let m0 = Node::start(&configs[0], listeners.remove(0))
+        .await
+        .expect("m0 starts");
+    let lone = ClusterClient::new(channel(0))
+        .member_list(MemberListRequest {
+            linearizable: false,
+        })
+        .await;
+    assert!(
+        lone.is_err(),
+        "m0 answered before it published its attributes: {lone:?}"
+    );
+
+    tracing::info!("--- phase 2: with a quorum, m0's first answer lists its own name and URL");
+    let mut others = Vec::new();
+    for (i, l) in listeners.into_iter().enumerate() {
+        others.push(
+            Node::start(&configs[i + 1], l)
+                .await
+                .expect("member starts"),
+        );
+    }
+    let first = eventually("m0 to answer", SETTLE_WAIT, async || {
+        ClusterClient::new(channel(0))
+            .member_list(MemberListRequest {
+                linearizable: false,
+            })
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| s.message().to_string())
+    })
+    .await;
+    let me = first
+        .members
+        .iter()
+        .find(|m| m.id == m0.server.member_id)
+        .expect("m0 lists itself");
+    assert_eq!(
+        (me.name.as_str(), me.client_ur_ls.clone()),
+        ("m0", vec![client_urls[0].clone()])
+    );
+    m0.stop().await;
+    for node in others {
+        node.stop().await;
+    }
 }

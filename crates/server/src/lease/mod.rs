@@ -314,7 +314,7 @@ impl Leases {
             request_id: LESSOR_REQUEST_SEQ.fetch_add(1, Ordering::Relaxed) | LESSOR_REQUEST_BIT,
             request: Some(cmd),
         };
-        let resp = server.proposer.propose_local(req).await?;
+        let (_, resp) = server.proposer.propose_local(req).await?;
         match resp.error {
             CODE_OK => Ok(()),
             code => Err(EtcdError::from_code(code)
