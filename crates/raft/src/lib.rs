@@ -7,6 +7,7 @@
 //! Must never: interpret application payloads.
 
 pub mod failpoints;
+pub mod histogram;
 mod log_store;
 mod mem_log;
 mod network;
@@ -23,6 +24,7 @@ use openraft::errors::{ClientWriteError, LinearizableReadError};
 use openraft::rt::watch::WatchReceiver;
 use openraft::{Config, ReadPolicy, ServerState, SnapshotPolicy};
 
+use crate::histogram::DurationHistogram;
 pub use log_store::LogStore;
 pub use mem_log::{MemLog, MemLogDisk, MemLogOptions};
 pub use network::{
@@ -123,13 +125,20 @@ fn openraft_config(cfg: &RaftConfig) -> Config {
 pub struct KeelRaft {
     raft: openraft::Raft<TypeConfig, StateMachine>,
     id: NodeId,
+    /// The log's fsync durations (none for a log without a disk).
+    fsyncs: Option<Arc<DurationHistogram>>,
 }
 
 impl KeelRaft {
     /// Opens the log, builds the state machine adapter and starts Raft.
     pub async fn start(cfg: &RaftConfig, applier: Arc<dyn Applier>) -> Result<Self, RaftError> {
         let log = LogStore::open(&cfg.log_path).map_err(fatal)?;
-        Self::start_with_log(cfg, applier, log).await
+        let fsyncs = log.fsync_durations();
+        let raft = Self::start_with_log(cfg, applier, log).await?;
+        Ok(Self {
+            fsyncs: Some(fsyncs),
+            ..raft
+        })
     }
 
     /// Starts Raft on a given log store (`cfg.log_path` is not used): the simulation's
@@ -151,11 +160,44 @@ impl KeelRaft {
         let raft = openraft::Raft::new(cfg.id, config, network, log, sm)
             .await
             .map_err(fatal)?;
-        Ok(Self { raft, id: cfg.id })
+        Ok(Self {
+            raft,
+            id: cfg.id,
+            fsyncs: None,
+        })
     }
 
     pub fn id(&self) -> NodeId {
         self.id
+    }
+
+    /// How long the log's fdatasyncs took, when the log is on disk.
+    pub fn fsync_durations(&self) -> Option<Arc<DurationHistogram>> {
+        self.fsyncs.clone()
+    }
+
+    /// Calls `seen` with each leader this member comes to know of (a new term's leader, or
+    /// the same member elected again), until Raft stops. Wakes only when the member's state,
+    /// leader or membership change, never per write.
+    pub async fn each_new_leader(&self, mut seen: impl FnMut(NodeId)) {
+        let mut server = self.raft.server_metrics();
+        let mut last = None;
+        loop {
+            let now = {
+                let m = server.borrow_watched();
+                m.current_leader
+                    .map(|leader| (leader, m.vote.leader_id().term))
+            };
+            if let Some((leader, term)) = now {
+                if last != Some(term) {
+                    last = Some(term);
+                    seen(leader);
+                }
+            }
+            if server.changed().await.is_err() {
+                return;
+            }
+        }
     }
 
     /// Bootstraps a new cluster with these voters. Every founding member may call it with the

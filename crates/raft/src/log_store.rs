@@ -46,6 +46,7 @@ use openraft::{LogState, RaftLogReader};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::histogram::DurationHistogram;
 use crate::types::{Entry, LogId, TypeConfig, Vote};
 
 /// A new segment is started once the current one would grow past this.
@@ -423,6 +424,8 @@ impl<'a> Batch<'a> {
 pub struct LogStore {
     inner: Arc<Mutex<Inner>>,
     writer: mpsc::Sender<Op>,
+    /// How long the writer's fdatasyncs took.
+    fsyncs: Arc<DurationHistogram>,
 }
 
 impl LogStore {
@@ -440,14 +443,25 @@ impl LogStore {
         let inner = Arc::new(Mutex::new(inner));
         let shared = inner.clone();
         let dir = dir.to_path_buf();
+        let fsyncs = Arc::new(DurationHistogram::default());
+        let timed = fsyncs.clone();
         thread::Builder::new()
             .name("keel-raft-log".into())
             .spawn(move || {
-                writer_loop(&dir, tail, &shared, &rx);
+                writer_loop(&dir, tail, &shared, &rx, &timed);
                 // The directory stays locked until the writer is gone for good.
                 drop(lock);
             })?;
-        Ok(Self { inner, writer: tx })
+        Ok(Self {
+            inner,
+            writer: tx,
+            fsyncs,
+        })
+    }
+
+    /// The durations of the writer's fdatasyncs (etcd's `etcd_disk_wal_fsync_duration_seconds`).
+    pub fn fsync_durations(&self) -> Arc<DurationHistogram> {
+        self.fsyncs.clone()
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -821,7 +835,13 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// Drains every queued operation, writes them, fsyncs once, then reports completion.
-fn writer_loop(dir: &Path, mut tail: Tail, inner: &Mutex<Inner>, rx: &mpsc::Receiver<Op>) {
+fn writer_loop(
+    dir: &Path,
+    mut tail: Tail,
+    inner: &Mutex<Inner>,
+    rx: &mpsc::Receiver<Op>,
+    fsyncs: &DurationHistogram,
+) {
     while let Ok(first) = rx.recv() {
         let mut ops = vec![first];
         while ops.len() < GROUP_OPS_MAX {
@@ -832,7 +852,14 @@ fn writer_loop(dir: &Path, mut tail: Tail, inner: &Mutex<Inner>, rx: &mpsc::Rece
         }
         let mut deletes = Vec::new();
         let mut last_seq = 0;
-        let result = write_group(dir, &mut tail, &mut ops, &mut deletes, &mut last_seq);
+        let result = write_group(
+            dir,
+            &mut tail,
+            &mut ops,
+            &mut deletes,
+            &mut last_seq,
+            fsyncs,
+        );
         if let Err(e) = &result {
             // fsync failures are not retryable: report them and stop writing for good.
             tracing::error!(error = %e, "raft log write failed; this member stops");
@@ -880,7 +907,14 @@ fn write_group(
     ops: &mut [Op],
     deletes: &mut Vec<u64>,
     last_seq: &mut u64,
+    fsyncs: &DurationHistogram,
 ) -> io::Result<bool> {
+    let sync = |file: &File| {
+        let started = std::time::Instant::now();
+        file.sync_data()?;
+        fsyncs.observe(started.elapsed());
+        io::Result::Ok(())
+    };
     let mut new_dir_entry = false;
     // Only a group that someone waits for needs the fsync: a group of records nobody waits
     // for (a truncate, a purge) rides on the next fsync instead.
@@ -895,7 +929,7 @@ fn write_group(
                 *last_seq = *seq;
             }
             Op::Rotate { segment } => {
-                tail.file.sync_data()?;
+                sync(&tail.file)?;
                 *tail = Tail::open(create_segment(dir, *segment)?, 0)?;
                 new_dir_entry = true;
             }
@@ -904,7 +938,7 @@ fn write_group(
     }
     crate::crash_point!("wal::before_fsync");
     if needs_sync {
-        tail.file.sync_data()?;
+        sync(&tail.file)?;
     }
     crate::crash_point!("wal::after_fsync");
     if new_dir_entry {

@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod config;
 pub mod forward;
 pub mod grpc;
+pub mod http;
 pub mod lease;
 pub mod lock;
 pub mod node;

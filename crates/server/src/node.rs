@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +34,7 @@ use crate::config::{split_urls, url_to_addr, Config, ConfigError};
 use crate::grpc;
 use crate::grpc::h2_authority::AuthorityFix;
 use crate::grpc::kill_switch::KillSwitch;
+use crate::http;
 use crate::lease::Leases;
 use crate::propose::Proposer;
 use crate::server::{Limits, Server};
@@ -294,7 +296,12 @@ impl Node {
                 .collect();
             raft.initialize(members).await?;
         }
-        let client_routes = grpc::client_routes(&server).await;
+        let observed = Arc::new(http::Observed::default());
+        let client_routes = http::with_http(
+            grpc::client_routes(&server).await,
+            server.clone(),
+            observed.clone(),
+        );
         let (published, published_rx) = watch::channel(false);
         let client_addrs = match client_listeners {
             Served::Tcp(listeners) => serve_all(
@@ -328,10 +335,18 @@ impl Node {
         } else {
             tasks.spawn(maintain_store(
                 server.store.clone(),
+                observed.clone(),
                 fatal.clone(),
                 shutdown.subscribe(),
             ));
         }
+        let (raft, seen) = (server.raft.clone(), observed.clone());
+        tasks.spawn(async move {
+            raft.each_new_leader(|_| {
+                seen.leader_changes.fetch_add(1, Ordering::Relaxed);
+            })
+            .await;
+        });
         tasks.spawn(halt_on_fatal(
             server.clone(),
             fatal.clone(),
@@ -467,8 +482,9 @@ fn stream_incoming(
         .collect()
 }
 
-/// Serves `routes` on every listener; with `ready`, only once it turns true (until then
-/// connections wait in the listen backlog, as etcd's client listeners wait for its publish).
+/// Serves `routes` on every listener. With `ready` (client listeners): only once it turns true
+/// (until then connections wait in the listen backlog, as etcd's client listeners wait for its
+/// publish), and HTTP/1.1 as well as HTTP/2 (for `/health`, `/metrics`).
 fn serve_all<I, IO>(
     tasks: &mut JoinSet<()>,
     listeners: Vec<(Option<SocketAddr>, I)>,
@@ -497,7 +513,9 @@ where
             }
             // etcdctl 3.4 sends URL-shaped :authority headers that h2 would reject.
             let incoming = incoming.map_ok(move |conn| AuthorityFix::new(connections.wrap(conn)));
+            // HTTP/1.1 too on client listeners, for `/health` and `/metrics` (etcd serves both).
             let result = tonic::transport::Server::builder()
+                .accept_http1(ready.is_some())
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stop.wait_for(|s| *s).await;
@@ -642,6 +660,7 @@ async fn halt_on_fatal(
 /// lost pages ever reaching the disk).
 async fn maintain_store(
     store: Arc<Store>,
+    observed: Arc<http::Observed>,
     fatal: Arc<FatalReason>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -651,7 +670,7 @@ async fn maintain_store(
             _ = stop.wait_for(|s| *s) => return,
             _ = tick.tick() => {}
         }
-        let store = store.clone();
+        let (store, observed) = (store.clone(), observed.clone());
         let result =
             tokio::task::spawn_blocking(move || -> Result<(), keel_storage::StorageError> {
                 while store.compaction_pending()? {
@@ -662,7 +681,10 @@ async fn maintain_store(
                         break;
                     }
                 }
-                store.sync()
+                let started = std::time::Instant::now();
+                store.sync()?;
+                observed.backend_commits.observe(started.elapsed());
+                Ok(())
             })
             .await;
         match result {

@@ -50,6 +50,12 @@ pub struct Server {
     pub watch_hub: Arc<WatchHub>,
 }
 
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Server({:x})", self.member_id)
+    }
+}
+
 impl Server {
     /// A response header as etcd fills it: cluster, answering member, revision, Raft term.
     pub fn header(&self, revision: i64) -> Option<ResponseHeader> {

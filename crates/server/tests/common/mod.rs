@@ -284,6 +284,11 @@ impl TestCluster {
         url(self.members[i].peer_port)
     }
 
+    /// Member `i`'s client channel (gRPC on its client URL).
+    pub fn channel(&self, i: usize) -> Channel {
+        self.members[i].channel.clone()
+    }
+
     pub fn kv(&self, i: usize) -> KvClient<Channel> {
         KvClient::new(self.members[i].channel.clone())
             .max_decoding_message_size(CLIENT_DECODE_BYTES_MAX)

@@ -1,10 +1,14 @@
 //! A three-member cluster as etcdctl and etcd-client see it: member list, endpoint status
-//! on every member, endpoint health, and writes on one member read on the others.
+//! on every member, endpoint health, writes on one member read on the others, and the plain
+//! HTTP endpoints (`/health`, `/version`, `/metrics`) every member serves.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use keel_compat::etcdctl::ctl;
 use keel_compat::{for_each_server, Cluster, Transcript};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 const MEMBERS: usize = 3;
 
@@ -289,6 +293,93 @@ async fn writes_visible_on_every_member() {
                 }
                 t.record("written and read everywhere", &key);
             }
+            t
+        },
+    )
+    .await;
+}
+
+/// One `GET` on a member's client URL over HTTP/1.1, as probes and Prometheus send it:
+/// `(status, body)`.
+async fn http_get(client_url: &str, path: &str) -> (u16, String) {
+    let addr = client_url.trim_start_matches("http://").to_string();
+    let exchange = async {
+        let mut conn = TcpStream::connect(addr.as_str()).await.expect("connect");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        conn.write_all(request.as_bytes()).await.expect("send");
+        let mut raw = String::new();
+        conn.read_to_string(&mut raw).await.expect("read");
+        raw
+    };
+    let raw = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .unwrap_or_else(|_| panic!("GET {path} on {client_url} timed out"));
+    let (head, body) = raw.split_once("\r\n\r\n").expect("header end");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    (status, body.to_string())
+}
+
+/// The value of the sample named exactly `name` (labels included) in Prometheus text.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_health_version_and_metrics() {
+    for_each_server(
+        "http_health_version_and_metrics",
+        MEMBERS,
+        async |cluster: &mut Cluster| {
+            let mut t = Transcript::new();
+            let ids = member_ids(cluster, &mut t).await;
+            cluster
+                .client()
+                .await
+                .put("http/k", "v", None)
+                .await
+                .expect("put");
+            let mut leaders = 0.0;
+            for m in cluster.members() {
+                let url = m.client_url();
+                eprintln!("--- {}: /health, /version, /metrics", m.name);
+                let (status, body) = http_get(&url, "/health").await;
+                let health: serde_json::Value = serde_json::from_str(&body).expect("json");
+                t.record("health", (status, health["health"].clone()));
+                let (status, body) = http_get(&url, "/version").await;
+                let version: serde_json::Value = serde_json::from_str(&body).expect("json");
+                let mut keys: Vec<&String> = version.as_object().expect("object").keys().collect();
+                keys.sort();
+                t.record("version keys", (status, keys));
+
+                let (status, text) = http_get(&url, "/metrics").await;
+                t.record("metrics status", status);
+                for name in [
+                    "etcd_server_has_leader",
+                    "etcd_server_is_leader",
+                    "etcd_server_leader_changes_seen_total",
+                    "etcd_server_proposals_committed_total",
+                    "etcd_server_proposals_applied_total",
+                    "etcd_debugging_mvcc_current_revision",
+                    "etcd_debugging_mvcc_compact_revision",
+                    "etcd_mvcc_db_total_size_in_bytes",
+                    "etcd_disk_wal_fsync_duration_seconds_count",
+                    "etcd_disk_backend_commit_duration_seconds_count",
+                    "process_resident_memory_bytes",
+                ] {
+                    t.record(name, sample(&text, name).is_some());
+                }
+                t.record("has leader", sample(&text, "etcd_server_has_leader"));
+                leaders += sample(&text, "etcd_server_is_leader").unwrap_or(0.0);
+                let id = format!("etcd_server_id{{server_id=\"{:x}\"}}", ids[&m.name]);
+                t.record("own server_id", sample(&text, &id));
+            }
+            t.record("members leading", leaders);
             t
         },
     )
