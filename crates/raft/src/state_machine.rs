@@ -288,15 +288,12 @@ mod tests {
         assert_eq!(stored_index(&applier), Some(8));
 
         // An install replaces the state behind the state machine's back: read it again.
-        let installed = encode_record(&(
-            Some(LogId::new(LeaderId::new_committed(2, 7), 20)),
-            StoredMembership::default(),
-        ))
-        .expect("encode");
         let meta = SnapshotMeta {
             last_log_id: Some(LogId::new(LeaderId::new_committed(2, 7), 20)),
             last_membership: StoredMembership::default(),
         };
+        let installed =
+            encode_record(&(meta.last_log_id, meta.last_membership.clone())).expect("encode");
         sm.install_snapshot(&meta, Cursor::new(installed))
             .await
             .expect("install");

@@ -571,18 +571,14 @@ async fn publish_attributes(
     let mut backoff = Duration::from_millis(50);
     loop {
         if member_attributes(&server.store, server.member_id).as_ref() == Some(&attrs) {
-            published.send_replace(true);
-            return;
+            break;
         }
         match server
             .proposer
             .propose(Command::MemberAttributes(attrs.clone()))
             .await
         {
-            Ok(_) => {
-                published.send_replace(true);
-                return;
-            }
+            Ok(_) => break,
             Err(e) => tracing::debug!(error = %e, "publishing member attributes; will retry"),
         }
         tokio::select! {
@@ -591,6 +587,7 @@ async fn publish_attributes(
         }
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }
+    published.send_replace(true);
 }
 
 /// [`maintain_store`] for a simulated member: the same periodic compaction and durable

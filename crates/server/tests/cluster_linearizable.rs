@@ -5,15 +5,11 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::*;
 use keel_api::etcdserverpb::RangeRequest;
-use keel_server::WrapBackend;
-use keel_storage::backend::{KeyBounds, Visitor};
-use keel_storage::{Backend, Direction, ReadTxn, Table, WriteTxn};
+use keel_storage::{Fault, FaultSpec};
 use tokio::sync::Barrier;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,89 +156,13 @@ async fn large_values_replicate_through_every_member() {
     cluster.shutdown().await;
 }
 
-/// A store engine whose non-durable commits (apply batches) take `APPLY_DELAY` while slowed:
-/// a member that applies late, as one on a stalled disk does.
-struct SlowApply {
-    inner: Arc<dyn Backend>,
-    slowed: Arc<AtomicBool>,
-}
-
-const APPLY_DELAY: Duration = Duration::from_millis(150);
-
-struct SlowApplyTxn {
-    inner: Box<dyn WriteTxn>,
-    slowed: Arc<AtomicBool>,
-}
-
-impl Backend for SlowApply {
-    fn begin_read(&self) -> keel_storage::Result<Box<dyn ReadTxn>> {
-        self.inner.begin_read()
-    }
-    fn begin_write(&self) -> keel_storage::Result<Box<dyn WriteTxn>> {
-        Ok(Box::new(SlowApplyTxn {
-            inner: self.inner.begin_write()?,
-            slowed: self.slowed.clone(),
-        }))
-    }
-    fn size_bytes(&self) -> keel_storage::Result<u64> {
-        self.inner.size_bytes()
-    }
-}
-
-impl ReadTxn for SlowApplyTxn {
-    fn get(&self, table: Table, key: &[u8]) -> keel_storage::Result<Option<Vec<u8>>> {
-        self.inner.get(table, key)
-    }
-    fn scan(
-        &self,
-        table: Table,
-        bounds: KeyBounds<'_>,
-        direction: Direction,
-        visit: &mut Visitor<'_>,
-    ) -> keel_storage::Result<()> {
-        self.inner.scan(table, bounds, direction, visit)
-    }
-}
-
-impl WriteTxn for SlowApplyTxn {
-    fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> keel_storage::Result<()> {
-        self.inner.put(table, key, value)
-    }
-    fn delete(&mut self, table: Table, key: &[u8]) -> keel_storage::Result<bool> {
-        self.inner.delete(table, key)
-    }
-    fn clear(&mut self, table: Table) -> keel_storage::Result<()> {
-        self.inner.clear(table)
-    }
-    fn commit(self: Box<Self>, durable: bool) -> keel_storage::Result<()> {
-        if !durable && self.slowed.load(Ordering::Relaxed) {
-            std::thread::sleep(APPLY_DELAY);
-        }
-        self.inner.commit(durable)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_through_a_follower_is_answered_after_that_follower_applied_it() {
-    let slowed: Vec<Arc<AtomicBool>> = (0..3).map(|_| Arc::default()).collect();
-    let wraps = slowed
-        .iter()
-        .map(|flag| {
-            let flag = flag.clone();
-            let wrap: WrapBackend = Arc::new(move |inner: Arc<dyn Backend>| {
-                Arc::new(SlowApply {
-                    inner,
-                    slowed: flag.clone(),
-                }) as Arc<dyn Backend>
-            });
-            Some(wrap)
-        })
-        .collect();
-    let cluster = TestCluster::start_with_backends(wraps, &[]).await;
+    let (cluster, plans) = faulty_cluster().await;
     let leader = cluster.wait_for_leader().await;
     let follower = cluster.followers(leader)[0];
     tracing::info!("--- phase 1: m{follower} applies late; it takes writes and reads them back");
-    slowed[follower].store(true, Ordering::Relaxed);
+    plans[follower].arm(FaultSpec::always(Fault::SlowCommit));
     let mut kv = cluster.kv(follower);
     for n in 0..3 {
         let (key, value) = (format!("ryw/{n}"), format!("v{n}"));
@@ -262,6 +182,10 @@ async fn a_write_through_a_follower_is_answered_after_that_follower_applied_it()
             "m{follower} answered the put before it applied it"
         );
     }
-    slowed[follower].store(false, Ordering::Relaxed);
+    assert!(
+        plans[follower].fired(Fault::SlowCommit) >= 3,
+        "m{follower} applied late"
+    );
+    plans[follower].disarm_all();
     cluster.shutdown().await;
 }

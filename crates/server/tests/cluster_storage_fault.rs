@@ -7,29 +7,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
 use keel_api::etcdserverpb::RangeRequest;
-use keel_server::WrapBackend;
-use keel_storage::{Backend, Fault, FaultPlan, FaultSpec, FaultyBackend, Table};
-
-/// Three members, each store engine behind its own (unarmed) fault plan.
-async fn faulty_cluster() -> (TestCluster, Vec<Arc<FaultPlan>>) {
-    let plans: Vec<Arc<FaultPlan>> = (0..3).map(|_| FaultPlan::new()).collect();
-    let wraps = plans
-        .iter()
-        .map(|plan| {
-            let plan = plan.clone();
-            let wrap: WrapBackend = Arc::new(move |engine: Arc<dyn Backend>| {
-                Arc::new(FaultyBackend::new(engine, plan.clone())) as Arc<dyn Backend>
-            });
-            Some(wrap)
-        })
-        .collect();
-    (TestCluster::start_with_backends(wraps, &[]).await, plans)
-}
+use keel_storage::{Fault, FaultSpec, Table};
 
 /// Puts `count` keys `prefix/NNN` through member `via` (retrying what clients retry) and
 /// records each acknowledged write.

@@ -14,6 +14,7 @@ pub mod exact_writer;
 pub mod watch_streams;
 
 use std::fmt::Debug;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -26,6 +27,7 @@ use keel_api::etcdserverpb::{
     RequestOp, TxnRequest,
 };
 use keel_server::{Config, Listeners, Node, WrapBackend};
+use keel_storage::{Backend, FaultPlan, FaultyBackend};
 use tokio::net::TcpListener;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Response, Status};
@@ -421,6 +423,22 @@ impl TestCluster {
         self.stop_all().await;
         drop(self.dir);
     }
+}
+
+/// Three members, each store engine behind its own (unarmed) fault plan.
+pub async fn faulty_cluster() -> (TestCluster, Vec<Arc<FaultPlan>>) {
+    let plans: Vec<Arc<FaultPlan>> = (0..3).map(|_| FaultPlan::new()).collect();
+    let wraps = plans
+        .iter()
+        .map(|plan| {
+            let plan = plan.clone();
+            let wrap: WrapBackend = Arc::new(move |engine: Arc<dyn Backend>| {
+                Arc::new(FaultyBackend::new(engine, plan.clone())) as Arc<dyn Backend>
+            });
+            Some(wrap)
+        })
+        .collect();
+    (TestCluster::start_with_backends(wraps, &[]).await, plans)
 }
 
 fn channel(port: u16) -> Channel {

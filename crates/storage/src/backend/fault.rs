@@ -14,6 +14,8 @@
 //!   disk promises nothing about it; the commit returns an error. Retrying would "succeed"
 //!   without the lost pages ever reaching the disk (the fsyncgate lesson), so the caller must
 //!   stop, never carry on.
+//! * [`Fault::SlowCommit`]: a non-durable commit takes [`SLOW_COMMIT`] before it goes
+//!   through, as on a stalled disk: the member applies late but correctly.
 //! * [`Fault::ReadError`]: a read fails with an I/O error.
 //! * [`Fault::ShortRead`]: a read returns the first half of the stored bytes.
 //! * [`Fault::FlipValueBit`] / [`Fault::FlipKeyBit`]: a read returns the value (or, in a
@@ -23,6 +25,7 @@
 //! transaction.
 
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use super::{Backend, Direction, KeyBounds, ReadTxn, Table, Visitor, WriteTxn};
 use crate::error::{Result, StorageError};
@@ -32,11 +35,15 @@ use crate::error::{Result, StorageError};
 pub enum Fault {
     CommitError,
     SyncError,
+    SlowCommit,
     ReadError,
     ShortRead,
     FlipValueBit,
     FlipKeyBit,
 }
+
+/// How long a [`Fault::SlowCommit`] holds its commit.
+pub const SLOW_COMMIT: Duration = Duration::from_millis(150);
 
 /// When an armed fault fires.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +65,14 @@ impl FaultSpec {
             table: None,
             skip: 0,
             times: 1,
+        }
+    }
+
+    /// Fires on every matching operation until disarmed.
+    pub fn always(fault: Fault) -> Self {
+        Self {
+            times: u64::MAX,
+            ..Self::once(fault)
         }
     }
 
@@ -248,6 +263,9 @@ impl WriteTxn for FaultyTxn<dyn WriteTxn> {
     }
 
     fn commit(self: Box<Self>, durable: bool) -> Result<()> {
+        if !durable && self.plan.hit(Fault::SlowCommit, None) {
+            std::thread::sleep(SLOW_COMMIT);
+        }
         if !durable && self.plan.hit(Fault::CommitError, None) {
             // Dropping the inner transaction aborts it: nothing becomes visible.
             return Err(injected("commit failed (write/fsync error)"));
