@@ -270,6 +270,19 @@ impl Collector for Metrics {
             "The total number of consensus proposals applied.",
             status.applied_index as f64,
         )?;
+        let (pending, failed) = server.proposer.proposal_counts();
+        gauge(
+            &mut e,
+            "etcd_server_proposals_pending",
+            "The current number of pending proposals to commit.",
+            pending as f64,
+        )?;
+        counter(
+            &mut e,
+            "etcd_server_proposals_failed",
+            "The total number of failed proposals seen.",
+            failed as f64,
+        )?;
         if let Ok(view) = server.store.read() {
             gauge(
                 &mut e,

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -60,6 +60,43 @@ pub struct Proposer {
     peers: Mutex<HashMap<NodeId, Channel>>,
     forwarder: Forwarder,
     reads: ReadBatcher,
+    /// Writes proposed through this member and not yet answered (etcd's
+    /// `etcd_server_proposals_pending`).
+    pending: AtomicI64,
+    /// Writes that ended without an applied answer: no leader, a timeout, a broken forward,
+    /// a client that gave up (etcd's `etcd_server_proposals_failed_total`); request errors
+    /// apply chose do not count.
+    failed: AtomicU64,
+}
+
+/// One write while it is pending; if it ends (or its caller drops it half-way) before
+/// [`PendingWrite::answered`], it counts as failed.
+struct PendingWrite<'a> {
+    proposer: &'a Proposer,
+    answered: bool,
+}
+
+impl<'a> PendingWrite<'a> {
+    fn start(proposer: &'a Proposer) -> Self {
+        proposer.pending.fetch_add(1, Ordering::Relaxed);
+        Self {
+            proposer,
+            answered: false,
+        }
+    }
+
+    fn answered(mut self) {
+        self.answered = true;
+    }
+}
+
+impl Drop for PendingWrite<'_> {
+    fn drop(&mut self) {
+        self.proposer.pending.fetch_sub(1, Ordering::Relaxed);
+        if !self.answered {
+            self.proposer.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Proposer {
@@ -71,7 +108,17 @@ impl Proposer {
             peers: Mutex::new(HashMap::new()),
             forwarder: Forwarder::default(),
             reads: ReadBatcher::default(),
+            pending: AtomicI64::new(0),
+            failed: AtomicU64::new(0),
         })
+    }
+
+    /// `(pending, failed)` writes, for the metrics endpoint.
+    pub fn proposal_counts(&self) -> (i64, u64) {
+        (
+            self.pending.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
     }
 
     fn peer(&self, id: NodeId, member: &Member) -> Result<Channel, EtcdError> {
@@ -92,7 +139,9 @@ impl Proposer {
             request_id: (self.raft.id() << 16) ^ self.request_seq.fetch_add(1, Ordering::Relaxed),
             request: Some(request),
         };
+        let write = PendingWrite::start(self);
         let resp = self.replicate(req).await?;
+        write.answered();
         if resp.error != CODE_OK {
             return Err(EtcdError::from_code(resp.error).unwrap_or_else(|| {
                 EtcdError::Unknown(format!("etcdserver: error code {}", resp.error))

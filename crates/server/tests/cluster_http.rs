@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -142,6 +143,11 @@ async fn health_version_and_metrics_are_served_over_http_on_every_member() {
             "buckets are cumulative"
         );
         assert!(m["process_resident_memory_bytes"] > 0.0);
+        assert_eq!(
+            m["etcd_server_proposals_pending"], 0.0,
+            "every write answered"
+        );
+        assert_eq!(m["etcd_server_proposals_failed_total"], 0.0);
     }
     assert_eq!(leaders, 1.0, "exactly one member reports leading");
 
@@ -162,6 +168,26 @@ async fn health_version_and_metrics_are_served_over_http_on_every_member() {
             && (unhealthy.contains("RAFT NO LEADER") || unhealthy.contains("RANGE ERROR")),
         "{unhealthy}"
     );
+    let mut doomed = tonic::Request::new(put_req("http/after", "v"));
+    doomed.set_timeout(Duration::from_secs(2));
+    let err = cluster
+        .kv(leader)
+        .put(doomed)
+        .await
+        .expect_err("no quorum, no write");
+    tracing::info!(error = %err, "the write without a quorum failed");
+    // The member sees the failure when its own deadline fires, a moment after the client's.
+    eventually("the failed write counted", SETTLE_WAIT, async || {
+        let m = metrics(&cluster, leader).await;
+        let counts = (
+            m["etcd_server_proposals_failed_total"],
+            m["etcd_server_proposals_pending"],
+        );
+        (counts == (1.0, 0.0))
+            .then_some(())
+            .ok_or(format!("{counts:?}"))
+    })
+    .await;
     let (status, body) = http_get(port, "/readyz").await.expect("GET /readyz");
     assert_eq!(status, 503, "{body}");
     assert!(body.starts_with("[-]linearizable_read failed"), "{body}");
