@@ -365,6 +365,8 @@ async fn http_health_version_and_metrics() {
                     "etcd_server_leader_changes_seen_total",
                     "etcd_server_proposals_committed_total",
                     "etcd_server_proposals_applied_total",
+                    "etcd_server_proposals_pending",
+                    "etcd_server_proposals_failed_total",
                     "etcd_debugging_mvcc_current_revision",
                     "etcd_debugging_mvcc_compact_revision",
                     "etcd_mvcc_db_total_size_in_bytes",
