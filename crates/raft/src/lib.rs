@@ -176,23 +176,20 @@ impl KeelRaft {
         self.fsyncs.clone()
     }
 
-    /// Calls `seen` with each leader this member comes to know of (a new term's leader, or
-    /// the same member elected again), until Raft stops. Wakes only when the member's state,
-    /// leader or membership change, never per write.
-    pub async fn each_new_leader(&self, mut seen: impl FnMut(NodeId)) {
+    /// Calls `seen` once for each leader this member comes to know of (a new term's leader,
+    /// even the same member elected again), until Raft stops. Wakes only when the member's
+    /// state, leader or membership change, never per write.
+    pub async fn each_new_leader(&self, mut seen: impl FnMut()) {
         let mut server = self.raft.server_metrics();
-        let mut last = None;
+        let mut last_term = None;
         loop {
-            let now = {
+            let led_term = {
                 let m = server.borrow_watched();
-                m.current_leader
-                    .map(|leader| (leader, m.vote.leader_id().term))
+                m.current_leader.map(|_| m.vote.leader_id().term)
             };
-            if let Some((leader, term)) = now {
-                if last != Some(term) {
-                    last = Some(term);
-                    seen(leader);
-                }
+            if led_term.is_some() && led_term != last_term {
+                last_term = led_term;
+                seen();
             }
             if server.changed().await.is_err() {
                 return;

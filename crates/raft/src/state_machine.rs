@@ -260,11 +260,15 @@ mod tests {
         }
     }
 
-    fn blank(index: u64) -> Result<EntryResponder<TypeConfig>, io::Error> {
-        Ok((
-            crate::types::Entry::new_blank(LogId::new(LeaderId::new_committed(1, 7), index)),
-            None,
-        ))
+    /// Applies blank entries at these log indexes, as one batch.
+    async fn apply_blanks(sm: &mut StateMachine, indexes: &[u64]) {
+        let entries = indexes.iter().map(|&index| {
+            let id = LogId::new(LeaderId::new_committed(1, 7), index);
+            Ok((crate::types::Entry::new_blank(id), None))
+        });
+        sm.apply(futures::stream::iter(entries))
+            .await
+            .expect("apply");
     }
 
     fn stored_index(applier: &Recording) -> Option<u64> {
@@ -278,12 +282,8 @@ mod tests {
         let applier = Arc::new(Recording::default());
         applier.set(5, b"");
         let mut sm = StateMachine::new(applier.clone());
-        sm.apply(futures::stream::iter([blank(6), blank(7)]))
-            .await
-            .expect("apply");
-        sm.apply(futures::stream::iter([blank(8)]))
-            .await
-            .expect("apply");
+        apply_blanks(&mut sm, &[6, 7]).await;
+        apply_blanks(&mut sm, &[8]).await;
         assert_eq!(applier.calls(), vec!["load", "apply", "apply"]);
         assert_eq!(stored_index(&applier), Some(8));
 
@@ -297,9 +297,7 @@ mod tests {
         sm.install_snapshot(&meta, Cursor::new(installed))
             .await
             .expect("install");
-        sm.apply(futures::stream::iter([blank(21)]))
-            .await
-            .expect("apply");
+        apply_blanks(&mut sm, &[21]).await;
         assert_eq!(applier.calls(), vec!["restore", "load", "apply"]);
         assert_eq!(stored_index(&applier), Some(21));
     }

@@ -342,7 +342,7 @@ impl Node {
         }
         let (raft, seen) = (server.raft.clone(), observed.clone());
         tasks.spawn(async move {
-            raft.each_new_leader(|_| {
+            raft.each_new_leader(|| {
                 seen.leader_changes.fetch_add(1, Ordering::Relaxed);
             })
             .await;

@@ -80,6 +80,7 @@ pub async fn run_watcher(spec: WorkloadSpec, out: Streams) -> turmoil::Result {
         let requests = futures::stream::iter([create]).chain(futures::stream::pending());
         let opened = tokio::time::timeout(spec.op_timeout, client.watch(requests)).await;
         let Ok(Ok(stream)) = opened else {
+            // Reconnect pause (simulated time); the loop ends at the schedule's end.
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         };
@@ -102,6 +103,7 @@ pub async fn run_watcher(spec: WorkloadSpec, out: Streams) -> turmoil::Result {
                 break;
             }
         }
+        // Pause before resuming the watch from the next revision (simulated time).
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(())

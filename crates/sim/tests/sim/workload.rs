@@ -73,10 +73,12 @@ pub async fn run_client(id: u64, seed: u64, spec: WorkloadSpec, out: Recorded) -
     };
     while turmoil::sim_elapsed().unwrap_or_default() < spec.work_end {
         client.one_op().await;
+        // Think time between operations (simulated time), not a synchroniser.
         tokio::time::sleep(spec.think).await;
     }
     let until = spec.work_end + spec.final_read_after;
     let wait = until.saturating_sub(turmoil::sim_elapsed().unwrap_or_default());
+    // The schedule's quiet period before the final reads (simulated time).
     tokio::time::sleep(wait).await;
     client.final_reads().await
 }
@@ -246,6 +248,7 @@ impl Client {
                     answered = true;
                     break;
                 }
+                // Retry pause between members, bounded by the attempt count.
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             if !answered {
