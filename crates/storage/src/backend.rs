@@ -28,10 +28,8 @@ use crate::error::Result;
 /// A named table. Ids are part of the snapshot format: never renumber, only append.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Table {
-    /// Key versions: escaped user key + inverted revision -> version record.
+    /// Key versions: revision -> user key and version record.
     Kv,
-    /// Revision index: revision -> escaped user key (watch history replay).
-    Rev,
     /// Storage-internal metadata (current and compacted revision, format version).
     Meta,
     /// Metadata owned by the caller (Raft applied index, membership), opaque here.
@@ -42,22 +40,15 @@ pub enum Table {
 
 impl Table {
     /// Every table, in id order (the order of a snapshot dump).
-    pub const ALL: [Table; 5] = [
-        Table::Kv,
-        Table::Rev,
-        Table::Meta,
-        Table::AppMeta,
-        Table::Lease,
-    ];
+    pub const ALL: [Table; 4] = [Table::Kv, Table::Meta, Table::AppMeta, Table::Lease];
 
     /// Stable one-byte id used in snapshot dumps.
     pub fn id(self) -> u8 {
         match self {
             Table::Kv => 1,
-            Table::Rev => 2,
-            Table::Meta => 3,
-            Table::AppMeta => 4,
-            Table::Lease => 5,
+            Table::Meta => 2,
+            Table::AppMeta => 3,
+            Table::Lease => 4,
         }
     }
 
@@ -70,7 +61,6 @@ impl Table {
     pub fn name(self) -> &'static str {
         match self {
             Table::Kv => "kv",
-            Table::Rev => "rev",
             Table::Meta => "meta",
             Table::AppMeta => "app_meta",
             Table::Lease => "lease",

@@ -58,7 +58,7 @@ fn get(store: &Store, key: &[u8]) -> Result<Option<Vec<u8>>> {
     Ok(kvs.into_iter().next().map(|kv| kv.value))
 }
 
-/// Fills every table: two key versions (Kv, Rev), revisions (Meta), caller metadata
+/// Fills every table: two key versions (Kv), revisions (Meta), caller metadata
 /// (AppMeta) and a lease record (Lease).
 fn fill(store: &Store) -> Result<()> {
     put(store, b"alpha", b"first value", true)?;
@@ -89,10 +89,10 @@ fn assert_corrupt(what: &str, result: Result<impl std::fmt::Debug>) {
 fn read_table(store: &Store, table: Table) -> Result<String> {
     Ok(match table {
         Table::Kv => format!(
-            "{:?}",
-            store.range(b"a", b"z", RangeOptions::default())?.kvs
+            "{:?} {:?}",
+            store.range(b"a", b"z", RangeOptions::default())?.kvs,
+            store.read()?.events(2, 3, 0)?
         ),
-        Table::Rev => format!("{:?}", store.read()?.events(2, 3, 0)?),
         Table::Meta => format!("{}", store.current_revision()?),
         Table::AppMeta => format!("{:?}", store.get_meta(b"raft/state")?),
         Table::Lease => format!("{:?}", store.leases()?),
@@ -244,8 +244,8 @@ fn bit_flipped_in_a_key_in_the_redb_file_is_never_served() -> Result<()> {
     )
 }
 
-/// Stores `key=value`, closes the store, flips a bit in every copy of `marker` in the file,
-/// reopens: every read of the key range is `Corrupt`.
+/// Stores `key=value`, closes the store, flips a bit in every copy of `marker` in the file:
+/// opening reads every version to build the key index, and refuses with `Corrupt`.
 fn flip_on_disk(key: &[u8], value: &[u8], marker: &[u8]) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("kv.redb");
@@ -265,11 +265,6 @@ fn flip_on_disk(key: &[u8], value: &[u8], marker: &[u8]) -> Result<()> {
     assert!(flipped > 0, "value not found in the file");
     std::fs::write(&path, &bytes)?;
 
-    let store = Store::open_redb(&path)?;
-    match store.range(&[0], &[0], RangeOptions::default()) {
-        Err(StorageError::Corrupt(_)) => {}
-        other => panic!("flipped value served or wrong error: {other:?}"),
-    }
-    assert_corrupt("hash_kv", store.hash_kv(0));
+    assert_corrupt("open", Store::open_redb(&path).map(|_| ()));
     Ok(())
 }

@@ -9,65 +9,53 @@
 
 use std::ops::Bound;
 
-use super::encoding::{decode_record, record_hash_body, rev_index_key, split_version_key};
+use super::encoding::{decode_entry, parse_revision_key, revision_key};
+use super::index::KeyIndex;
 use super::read::read_revision;
 use super::types::{KvHash, Revision};
 use super::{load_revs, Store, META_COMPACT_CURSOR};
 use crate::backend::{Direction, ReadTxn, Table};
 use crate::error::Result;
 
-/// Keys examined per step by [`Store::compact`].
+/// Versions examined per step by [`Store::compact`].
 pub const COMPACT_STEP_KEYS: usize = 1000;
 
 /// What one compaction step removes and where the next one resumes.
 struct StepPlan {
     doomed: Vec<(Vec<u8>, Revision)>,
-    // Escaped key of the first key not yet examined (inclusive lower bound).
+    // Revision key of the first version not yet examined (inclusive lower bound).
     resume_at: Option<Vec<u8>>,
 }
 
-struct Walk {
-    key: Vec<u8>,
-    kept_newest: bool,
-    keys_seen: usize,
-}
-
+// Versions are stored in revision order: a step examines the next `max_versions` of them at
+// or below the compact revision and asks the index whether a read there still needs each.
 fn plan_step<R: ReadTxn + ?Sized>(
     txn: &R,
+    index: &KeyIndex,
     cursor: &[u8],
     compact_main: i64,
-    max_keys: usize,
+    max_versions: usize,
 ) -> Result<StepPlan> {
     let mut plan = StepPlan {
         doomed: Vec::new(),
         resume_at: None,
     };
-    let mut walk = Walk {
-        key: Vec::new(),
-        kept_newest: false,
-        keys_seen: 0,
-    };
-    let bounds = (Bound::Included(cursor), Bound::Unbounded);
+    let upper = revision_key(Revision {
+        main: compact_main,
+        sub: i64::MAX,
+    });
+    let mut seen = 0;
+    let bounds = (Bound::Included(cursor), Bound::Included(&upper[..]));
     txn.scan(Table::Kv, bounds, Direction::Forward, &mut |k, v| {
-        let (escaped_key, rev) = split_version_key(k)?;
-        if walk.keys_seen == 0 || escaped_key != walk.key.as_slice() {
-            if walk.keys_seen == max_keys.max(1) {
-                plan.resume_at = Some(escaped_key.to_vec());
-                return Ok(false);
-            }
-            walk.key = escaped_key.to_vec();
-            walk.kept_newest = false;
-            walk.keys_seen += 1;
+        if seen == max_versions.max(1) {
+            plan.resume_at = Some(k.to_vec());
+            return Ok(false);
         }
-        if rev.main > compact_main {
-            return Ok(true);
-        }
-        // Newer versions of this key come first; the first one at or below the compact
-        // revision is the one a read at that revision sees.
-        let doomed = walk.kept_newest || decode_record(v)?.tombstone;
-        walk.kept_newest = true;
-        if doomed {
-            plan.doomed.push((k.to_vec(), rev));
+        seen += 1;
+        let rev = parse_revision_key(k)?;
+        let (key, _) = decode_entry(v)?;
+        if index.doomed(key, rev, compact_main) {
+            plan.doomed.push((key.to_vec(), rev));
         }
         Ok(true)
     })?;
@@ -91,19 +79,22 @@ impl Store {
         Ok(txn.get(Table::Meta, META_COMPACT_CURSOR)?.is_some())
     }
 
-    /// Runs one bounded step (at most `max_keys` keys) of the scheduled compaction in its
-    /// own non-durable write transaction. Returns `true` when no compaction work is left.
-    /// Safe to interleave with write batches and to repeat after a crash.
-    pub fn compact_step(&self, max_keys: usize) -> Result<bool> {
+    /// Runs one bounded step (at most `max_versions` versions) of the scheduled compaction
+    /// in its own non-durable write transaction. Returns `true` when no compaction work is
+    /// left. Safe to interleave with write batches and to repeat after a crash.
+    pub fn compact_step(&self, max_versions: usize) -> Result<bool> {
         let mut txn = self.backend.begin_write()?;
         let Some(cursor) = txn.get(Table::Meta, META_COMPACT_CURSOR)? else {
             return Ok(true);
         };
         let revs = load_revs(&*txn)?;
-        let plan = plan_step(&*txn, &cursor, revs.compacted, max_keys)?;
-        for (key, rev) in &plan.doomed {
-            txn.delete(Table::Kv, key)?;
-            txn.delete(Table::Rev, &rev_index_key(*rev))?;
+        let index = self.index();
+        let plan = plan_step(&*txn, &index.read(), &cursor, revs.compacted, max_versions)?;
+        // Reads below the compact revision are refused from here on, so no read needs what
+        // the index forgets, even if this step's commit fails.
+        index.write().forget(&plan.doomed, revs.compacted);
+        for (_, rev) in &plan.doomed {
+            txn.delete(Table::Kv, &revision_key(*rev))?;
         }
         let done = match &plan.resume_at {
             Some(next) => {
@@ -120,25 +111,30 @@ impl Store {
     }
 
     /// CRC32C over every key version with main revision in (compact revision, `revision`]
-    /// (0 = current), in key order: stored key bytes (escaped key and revision) followed by
-    /// the record's logical fields. Identical histories give identical hashes whatever the
-    /// progress of physical compaction.
+    /// (0 = current), in revision order: each stored entry's key (the revision) and value
+    /// (the user key and version record). Identical histories give identical hashes
+    /// whatever the progress of physical compaction.
     pub fn hash_kv(&self, revision: i64) -> Result<KvHash> {
         let view = self.read()?;
         let revs = view.revs;
         let at_main = read_revision(revision, revs)?;
         let mut hash = 0u32;
+        let lower = revision_key(Revision {
+            main: revs.compacted + 1,
+            sub: 0,
+        });
+        let upper = revision_key(Revision {
+            main: at_main,
+            sub: i64::MAX,
+        });
         view.txn.scan(
             Table::Kv,
-            (Bound::Unbounded, Bound::Unbounded),
+            (Bound::Included(&lower[..]), Bound::Included(&upper[..])),
             Direction::Forward,
             &mut |k, v| {
-                let (_, rev) = split_version_key(k)?;
-                if rev.main > revs.compacted && rev.main <= at_main {
-                    decode_record(v)?;
-                    hash = crc32c::crc32c_append(hash, k);
-                    hash = crc32c::crc32c_append(hash, record_hash_body(v));
-                }
+                decode_entry(v)?;
+                hash = crc32c::crc32c_append(hash, k);
+                hash = crc32c::crc32c_append(hash, v);
                 Ok(true)
             },
         )?;

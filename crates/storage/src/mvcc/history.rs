@@ -1,15 +1,13 @@
-//! Revision-ordered history for watch catch-up, via the `Rev` index.
+//! Revision-ordered history for watch catch-up: the `Kv` table is ordered by revision.
 //!
 //! Owns: turning `[start, end]` revision windows into [`Event`]s with `prev_kv`. Must never
 //! write.
 
 use std::ops::Bound;
 
-use super::encoding::{
-    decode_record, last_key, parse_rev_index_key, rev_index_key, split_version_key, unescape_key,
-    version_key,
-};
-use super::read::{first_entry, to_key_value};
+use super::encoding::{decode_entry, parse_revision_key, revision_key};
+use super::index::SharedIndex;
+use super::read::{kv_at, to_key_value};
 use super::types::{Event, EventKind, KeyValue, Revision};
 use super::Revs;
 use crate::backend::{Direction, ReadTxn, Table};
@@ -18,6 +16,7 @@ use crate::error::{Result, StorageError};
 /// See [`super::ReadView::events`].
 pub(crate) fn events<R: ReadTxn + ?Sized>(
     txn: &R,
+    index: &SharedIndex,
     revs: Revs,
     start_revision: i64,
     end_revision: i64,
@@ -30,83 +29,69 @@ pub(crate) fn events<R: ReadTxn + ?Sized>(
     if start_revision > end_revision {
         return Ok(Vec::new());
     }
-    let lower = rev_index_key(Revision {
+    let lower = revision_key(Revision {
         main: start_revision,
         sub: 0,
     });
-    let upper = rev_index_key(Revision {
+    let upper = revision_key(Revision {
         main: end_revision,
         sub: i64::MAX,
     });
-    let mut index: Vec<(Revision, Vec<u8>)> = Vec::new();
+    let mut events: Vec<Event> = Vec::new();
+    let mut revisions: Vec<Revision> = Vec::new();
     txn.scan(
-        Table::Rev,
+        Table::Kv,
         (Bound::Included(&lower), Bound::Included(&upper)),
         Direction::Forward,
         &mut |k, v| {
-            let rev = parse_rev_index_key(k)?;
+            let rev = parse_revision_key(k)?;
             // Never split a revision: watchers get each revision's events atomically.
-            let full = max_events != 0 && index.len() >= max_events;
-            if full && index.last().is_some_and(|(last, _)| last.main != rev.main) {
+            let full = max_events != 0 && events.len() >= max_events;
+            if full && events.last().is_some_and(|e| e.kv.mod_revision != rev.main) {
                 return Ok(false);
             }
-            index.push((rev, v.to_vec()));
+            let (key, record) = decode_entry(v)?;
+            revisions.push(rev);
+            events.push(if record.tombstone {
+                let kv = KeyValue {
+                    key: key.to_vec(),
+                    mod_revision: rev.main,
+                    ..KeyValue::default()
+                };
+                Event {
+                    kind: EventKind::Delete,
+                    kv,
+                    prev_kv: None,
+                }
+            } else {
+                Event {
+                    kind: EventKind::Put,
+                    kv: to_key_value(key, rev, &record, false),
+                    prev_kv: None,
+                }
+            });
             Ok(true)
         },
     )?;
-    index
-        .iter()
-        .map(|(rev, escaped_key)| event_at(txn, escaped_key, *rev))
-        .collect()
-}
-
-fn event_at<R: ReadTxn + ?Sized>(txn: &R, escaped_key: &[u8], rev: Revision) -> Result<Event> {
-    let stored = txn
-        .get(Table::Kv, &version_key(escaped_key, rev))?
-        .ok_or_else(|| StorageError::corrupt(format!("revision index points nowhere {rev:?}")))?;
-    let record = decode_record(&stored)?;
-    let prev_kv = prev_live(txn, escaped_key, rev)?;
-    if record.tombstone {
-        let kv = KeyValue {
-            key: unescape_key(escaped_key)?,
-            mod_revision: rev.main,
-            ..KeyValue::default()
-        };
-        return Ok(Event {
-            kind: EventKind::Delete,
-            kv,
-            prev_kv,
-        });
-    }
-    Ok(Event {
-        kind: EventKind::Put,
-        kv: to_key_value(escaped_key, rev, &record, false)?,
-        prev_kv,
-    })
-}
-
-// The version just before `rev` of the same key: the next entry in key order, since a
-// key's versions are stored newest first.
-fn prev_live<R: ReadTxn + ?Sized>(
-    txn: &R,
-    escaped_key: &[u8],
-    rev: Revision,
-) -> Result<Option<KeyValue>> {
-    let lower = version_key(escaped_key, rev);
-    let upper = last_key(escaped_key);
-    let Some((key, bytes)) = first_entry(
-        txn,
-        Table::Kv,
-        Bound::Excluded(&lower),
-        Bound::Included(&upper),
-    )?
-    else {
-        return Ok(None);
+    let prev_revisions = {
+        let index = index.read();
+        // A compaction this snapshot predates may have forgotten versions it needs.
+        index.check_history(start_revision)?;
+        events
+            .iter()
+            .zip(&revisions)
+            .map(|(event, rev)| {
+                index
+                    .before(&event.kv.key, *rev)
+                    .filter(|v| !v.tombstone)
+                    .map(|v| v.rev)
+            })
+            .collect::<Vec<_>>()
     };
-    let (_, prev_rev) = split_version_key(&key)?;
-    let record = decode_record(&bytes)?;
-    if record.tombstone {
-        return Ok(None);
+    for (event, prev) in events.iter_mut().zip(prev_revisions) {
+        if let Some(prev) = prev {
+            event.prev_kv = Some(kv_at(txn, prev, false)?);
+        }
     }
-    to_key_value(escaped_key, prev_rev, &record, false).map(Some)
+    Ok(events)
 }

@@ -5,26 +5,23 @@
 //! never do I/O beyond its backend, read clocks, or know about Raft or protobuf; the caller
 //! decides batching and durability.
 //!
-//! # On-disk layout (format 2)
+//! # On-disk layout (format 3)
 //!
 //! All integers are big-endian. Every entry of every table below is stored through
 //! [`CheckedBackend`](crate::backend::CheckedBackend), which appends a CRC32C of the table
-//! id, key and value and verifies it on every read (format 2; format 1 had no entry CRC).
+//! id, key and value and verifies it on every read.
 //!
-//! * `Table::Kv`, one entry per key version:
-//!   key = `escape(user_key) ++ !main ++ !sub` where `escape` maps 0x00 to 0x00 0xFF and
-//!   appends 0x00 0x00. Escaped keys sort exactly like raw keys and none is a prefix of
-//!   another, so all versions of a key are contiguous and key ranges map to escaped ranges.
-//!   Revisions are bit-inverted so a key's newest version comes first: "latest version of
-//!   K at revision R" is one seek to `escape(K) ++ !R ++ 0x00*8`, and a range scan at R
-//!   costs one or two seeks per key, never a walk through history.
-//!   value = `format u8 (1) | flags u8 (bit 0 tombstone) | create_revision i64 |
-//!   version i64 | lease i64 | value_len u32 | value | crc32c u32`. The value is stored
-//!   once, in its version record. A delete writes a tombstone record (zero fields).
-//! * `Table::Rev`: `main i64 ++ sub i64` -> `escape(user_key)`; orders history by revision
-//!   for watch catch-up without scanning all keys.
+//! * `Table::Kv`, one entry per key version, as etcd lays out its `key` bucket:
+//!   key = `main i64 ++ sub i64`, value = `key_len u32 | user_key | format u8 (2) |
+//!   flags u8 (bit 0 tombstone) | create_revision i64 | version i64 | lease i64 | value`.
+//!   New versions append at the end of the table, so a write batch dirties few pages
+//!   however its keys are spread, and history for watch catch-up is a scan by revision.
+//!   The value is stored once. A delete writes a tombstone (zero fields, empty value).
+//! * The key index ([`index`], in memory, rebuilt from `Kv` at open): every key's stored
+//!   revisions, so "version of K at revision R" and range scans at R read the index and
+//!   fetch only the versions they return, by revision.
 //! * `Table::Meta`: `format_version`, `current_revision`, `compact_revision` (i64 each) and,
-//!   while a compaction is unfinished, `compact_cursor` (escaped key to resume from). They
+//!   while a compaction is unfinished, `compact_cursor` (revision key to resume from). They
 //!   change in the same write transaction as the data they describe.
 //! * `Table::AppMeta`, `Table::Lease`: opaque caller-owned bytes, atomically committed with
 //!   the data (Raft applied index, membership, leases).
@@ -35,6 +32,7 @@
 mod compact;
 mod encoding;
 mod history;
+mod index;
 mod read;
 mod snapshot;
 mod types;
@@ -43,8 +41,9 @@ mod write;
 #[cfg(test)]
 mod tests;
 
+use std::ops::Bound;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 pub use compact::COMPACT_STEP_KEYS;
 pub use types::{
@@ -52,11 +51,14 @@ pub use types::{
 };
 pub use write::{TxnWriter, WriteBatch};
 
-use crate::backend::{Backend, CheckedBackend, MemBackend, ReadTxn, RedbBackend, Table, WriteTxn};
+use crate::backend::{
+    Backend, CheckedBackend, Direction, MemBackend, ReadTxn, RedbBackend, Table, WriteTxn,
+};
 use crate::error::{Result, StorageError};
-use encoding::{decode_i64, encode_i64};
+use encoding::{decode_entry, decode_i64, encode_i64, parse_revision_key};
+use index::{KeyIndex, SharedIndex, Version};
 
-pub(crate) const FORMAT_VERSION: i64 = 2;
+pub(crate) const FORMAT_VERSION: i64 = 3;
 pub(crate) const META_FORMAT: &[u8] = b"format_version";
 pub(crate) const META_CURRENT: &[u8] = b"current_revision";
 pub(crate) const META_COMPACT: &[u8] = b"compact_revision";
@@ -87,7 +89,8 @@ pub(crate) fn load_revs<R: ReadTxn + ?Sized>(txn: &R) -> Result<Revs> {
     let format = meta_i64(txn, META_FORMAT)?;
     if format != FORMAT_VERSION {
         return Err(StorageError::corrupt(format!(
-            "unsupported format {format}"
+            "unsupported store format {format} (this keel reads format {FORMAT_VERSION}; \
+             stores of earlier pre-release versions are not converted)"
         )));
     }
     let revs = Revs {
@@ -106,9 +109,26 @@ fn init_meta(txn: &mut dyn WriteTxn) -> Result<()> {
     txn.put(Table::Meta, META_COMPACT, &encode_i64(NEVER_COMPACTED))
 }
 
+/// Builds the key index from every stored version (they come in revision order).
+fn load_index<R: ReadTxn + ?Sized>(txn: &R) -> Result<KeyIndex> {
+    let mut index = KeyIndex::with_floor(load_revs(txn)?.compacted);
+    let all = (Bound::Unbounded, Bound::Unbounded);
+    txn.scan(Table::Kv, all, Direction::Forward, &mut |k, v| {
+        let rev = parse_revision_key(k)?;
+        let (key, record) = decode_entry(v)?;
+        let tombstone = record.tombstone;
+        index.push(key, Version { rev, tombstone });
+        Ok(true)
+    })?;
+    Ok(index)
+}
+
 /// The MVCC store. Cheap to share behind an `Arc`; all methods take `&self`.
 pub struct Store {
     backend: Arc<dyn Backend>,
+    /// Replaced as a whole by a restore, while no read snapshot can open; a read keeps the
+    /// index that matches its snapshot.
+    index: RwLock<SharedIndex>,
 }
 
 impl Store {
@@ -119,11 +139,20 @@ impl Store {
         let mut txn = backend.begin_write()?;
         if txn.get(Table::Meta, META_FORMAT)?.is_none() {
             init_meta(&mut *txn)?;
-            txn.commit(true)?;
-        } else {
-            load_revs(&*txn)?;
         }
-        Ok(Store { backend })
+        let index = load_index(&*txn)?;
+        txn.commit(true)?;
+        Ok(Store {
+            backend,
+            index: RwLock::new(SharedIndex::new(index)),
+        })
+    }
+
+    fn index(&self) -> SharedIndex {
+        self.index
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// A fresh in-memory store (tests).
@@ -138,14 +167,20 @@ impl Store {
 
     /// A consistent read snapshot of the last commit.
     pub fn read(&self) -> Result<ReadView> {
+        let index = self.index.read().unwrap_or_else(PoisonError::into_inner);
         let txn = self.backend.begin_read()?;
         let revs = load_revs(&*txn)?;
-        Ok(ReadView { txn, revs })
+        Ok(ReadView {
+            txn,
+            revs,
+            index: index.clone(),
+        })
     }
 
     /// Starts the write batch (one backend write transaction; waits for a running one).
     pub fn write(&self) -> Result<WriteBatch> {
-        WriteBatch::new(self.backend.begin_write()?)
+        let txn = self.backend.begin_write()?;
+        WriteBatch::new(txn, self.index())
     }
 
     /// The current revision.
@@ -190,6 +225,7 @@ impl Store {
 pub struct ReadView {
     txn: Box<dyn ReadTxn>,
     revs: Revs,
+    index: SharedIndex,
 }
 
 impl ReadView {
@@ -206,7 +242,7 @@ impl ReadView {
     /// etcd range: `range_end` empty reads `key` alone; `[0]` reads every key >= `key`
     /// (every key if `key` is also `[0]`); otherwise `[key, range_end)`.
     pub fn range(&self, key: &[u8], range_end: &[u8], opts: RangeOptions) -> Result<RangeResult> {
-        read::range(&*self.txn, key, range_end, opts, self.revs)
+        read::range(&*self.txn, &self.index, key, range_end, opts, self.revs)
     }
 
     /// Every event with main revision in `[start_revision, end_revision]`, in revision order,
@@ -222,6 +258,7 @@ impl ReadView {
     ) -> Result<Vec<Event>> {
         history::events(
             &*self.txn,
+            &self.index,
             self.revs,
             start_revision,
             end_revision,

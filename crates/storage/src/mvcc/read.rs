@@ -1,68 +1,33 @@
-//! Reads at a revision: point lookups and etcd range semantics over the `Kv` layout.
+//! Reads at a revision: point lookups and etcd range semantics.
 //!
-//! Owns: mapping etcd `(key, range_end)` forms to escaped key bounds, finding each key's
-//! latest version at a revision with seeks (never walking history), and revision checks.
-//! Must never write.
+//! Owns: mapping etcd `(key, range_end)` forms to key bounds, finding each key's version at
+//! a revision through the key index (never walking history), fetching it by revision, and
+//! revision checks. Must never write.
 
 use std::ops::Bound;
 
-use super::encoding::{
-    decode_record, escaped, last_key, seek_key, split_version_key, unescape_key, VersionRecord,
-};
+use super::encoding::{decode_entry, revision_key, VersionRecord};
+use super::index::{KeyIndex, SharedIndex};
 use super::types::{KeyValue, RangeOptions, RangeResult, Revision};
 use super::Revs;
 use crate::backend::{Direction, ReadTxn, Table};
 use crate::error::{Result, StorageError};
 
-/// An owned table entry.
-pub(crate) type Entry = (Vec<u8>, Vec<u8>);
-
-/// The first entry of `table` within bounds, in key order.
-pub(crate) fn first_entry<R: ReadTxn + ?Sized>(
-    txn: &R,
-    table: Table,
-    lower: Bound<&[u8]>,
-    upper: Bound<&[u8]>,
-) -> Result<Option<Entry>> {
-    let mut found = None;
-    txn.scan(table, (lower, upper), Direction::Forward, &mut |k, v| {
-        found = Some((k.to_vec(), v.to_vec()));
-        Ok(false)
-    })?;
-    Ok(found)
-}
-
-/// The newest version of the key escaped as `escaped_key` with main revision <= `at_main`
-/// (tombstones included), as (revision, stored record bytes).
-pub(crate) fn version_at<R: ReadTxn + ?Sized>(
-    txn: &R,
-    escaped_key: &[u8],
-    at_main: i64,
-) -> Result<Option<(Revision, Vec<u8>)>> {
-    let lower = seek_key(escaped_key, at_main);
-    let upper = last_key(escaped_key);
-    let Some((key, value)) = first_entry(
-        txn,
-        Table::Kv,
-        Bound::Included(&lower),
-        Bound::Included(&upper),
-    )?
-    else {
-        return Ok(None);
-    };
-    let (_, rev) = split_version_key(&key)?;
-    Ok(Some((rev, value)))
+/// The stored entry of the version at `rev`, which the index says exists.
+pub(crate) fn entry_at<R: ReadTxn + ?Sized>(txn: &R, rev: Revision) -> Result<Vec<u8>> {
+    txn.get(Table::Kv, &revision_key(rev))?
+        .ok_or_else(|| StorageError::corrupt(format!("indexed revision {rev:?} is not stored")))
 }
 
 /// Builds the API view of a stored version.
 pub(crate) fn to_key_value(
-    escaped_key: &[u8],
+    key: &[u8],
     rev: Revision,
     record: &VersionRecord<'_>,
     keys_only: bool,
-) -> Result<KeyValue> {
-    Ok(KeyValue {
-        key: unescape_key(escaped_key)?,
+) -> KeyValue {
+    KeyValue {
+        key: key.to_vec(),
         create_revision: record.create_revision,
         mod_revision: rev.main,
         version: record.version,
@@ -72,116 +37,62 @@ pub(crate) fn to_key_value(
             record.value.to_vec()
         },
         lease: record.lease,
-    })
+    }
 }
 
-/// The live version of `user_key` at `at_main`, if it exists there.
+/// The API view of the stored version at `rev`.
+pub(crate) fn kv_at<R: ReadTxn + ?Sized>(
+    txn: &R,
+    rev: Revision,
+    keys_only: bool,
+) -> Result<KeyValue> {
+    let entry = entry_at(txn, rev)?;
+    let (key, record) = decode_entry(&entry)?;
+    Ok(to_key_value(key, rev, &record, keys_only))
+}
+
+/// The live version of `key` at `at_main`, if it exists there.
 pub(crate) fn live_at<R: ReadTxn + ?Sized>(
     txn: &R,
-    user_key: &[u8],
+    index: &SharedIndex,
+    key: &[u8],
     at_main: i64,
 ) -> Result<Option<KeyValue>> {
-    let escaped_key = escaped(user_key);
-    let Some((rev, bytes)) = version_at(txn, &escaped_key, at_main)? else {
-        return Ok(None);
-    };
-    let record = decode_record(&bytes)?;
-    if record.tombstone {
-        return Ok(None);
+    let found = index.read().visible(key, at_main);
+    match found {
+        Some(version) if !version.tombstone => kv_at(txn, version.rev, false).map(Some),
+        _ => Ok(None),
     }
-    to_key_value(&escaped_key, rev, &record, false).map(Some)
 }
 
-/// Escaped-key bounds of an etcd `(key, range_end)` request.
-enum KeySpan {
-    Single(Vec<u8>),
-    Range(Bound<Vec<u8>>, Bound<Vec<u8>>),
-    Empty,
-}
-
-fn key_span(key: &[u8], range_end: &[u8]) -> KeySpan {
-    if range_end.is_empty() {
-        return KeySpan::Single(escaped(key));
-    }
-    if range_end == [0] {
-        if key == [0] {
-            return KeySpan::Range(Bound::Unbounded, Bound::Unbounded);
-        }
-        return KeySpan::Range(Bound::Included(escaped(key)), Bound::Unbounded);
-    }
-    if range_end <= key {
-        return KeySpan::Empty;
-    }
-    KeySpan::Range(
-        Bound::Included(escaped(key)),
-        Bound::Excluded(escaped(range_end)),
-    )
-}
-
-/// Called with (escaped key, revision, record) of each live key; `Ok(false)` stops.
-pub(crate) type LiveVisitor<'v> =
-    dyn FnMut(&[u8], Revision, &VersionRecord<'_>) -> Result<bool> + 'v;
-
-/// Visits, in ascending key order, the latest live version at `at_main` of every key in
-/// the etcd range `(key, range_end)`. Costs one seek per key, two if it changed after
-/// `at_main`.
-pub(crate) fn visit_live_at<R: ReadTxn + ?Sized>(
-    txn: &R,
+/// Calls `visit(key, revision)` for every key of the etcd range `(key, range_end)` live at
+/// `at_main`, in key order, until it returns `false`: `range_end` empty is `key` alone,
+/// `[0]` is every key >= `key` (every key if `key` is also `[0]`), otherwise
+/// `[key, range_end)`.
+pub(crate) fn visit_live_at(
+    index: &KeyIndex,
     key: &[u8],
     range_end: &[u8],
     at_main: i64,
-    visit: &mut LiveVisitor<'_>,
-) -> Result<()> {
-    let (mut lower, upper) = match key_span(key, range_end) {
-        KeySpan::Empty => return Ok(()),
-        KeySpan::Single(escaped_key) => {
-            if let Some((rev, bytes)) = version_at(txn, &escaped_key, at_main)? {
-                visit_if_live(&escaped_key, rev, &bytes, visit)?;
-            }
-            return Ok(());
+    visit: &mut dyn FnMut(&[u8], Revision) -> bool,
+) {
+    let bounds = if range_end.is_empty() {
+        if let Some(version) = index.visible(key, at_main).filter(|v| !v.tombstone) {
+            visit(key, version.rev);
         }
-        KeySpan::Range(lower, upper) => (lower, upper),
-    };
-    loop {
-        let Some((first_key, first_value)) =
-            first_entry(txn, Table::Kv, as_ref(&lower), as_ref(&upper))?
-        else {
-            return Ok(());
-        };
-        let (escaped_key, newest) = split_version_key(&first_key)?;
-        let found = if newest.main <= at_main {
-            Some((newest, first_value))
+        return;
+    } else if range_end == [0] {
+        if key == [0] {
+            (Bound::Unbounded, Bound::Unbounded)
         } else {
-            version_at(txn, escaped_key, at_main)?
-        };
-        if let Some((rev, bytes)) = found {
-            if !visit_if_live(escaped_key, rev, &bytes, visit)? {
-                return Ok(());
-            }
+            (Bound::Included(key), Bound::Unbounded)
         }
-        lower = Bound::Excluded(last_key(escaped_key));
-    }
-}
-
-fn as_ref(bound: &Bound<Vec<u8>>) -> Bound<&[u8]> {
-    match bound {
-        Bound::Included(k) => Bound::Included(k.as_slice()),
-        Bound::Excluded(k) => Bound::Excluded(k.as_slice()),
-        Bound::Unbounded => Bound::Unbounded,
-    }
-}
-
-fn visit_if_live(
-    escaped_key: &[u8],
-    rev: Revision,
-    bytes: &[u8],
-    visit: &mut LiveVisitor<'_>,
-) -> Result<bool> {
-    let record = decode_record(bytes)?;
-    if record.tombstone {
-        return Ok(true);
-    }
-    visit(escaped_key, rev, &record)
+    } else if range_end <= key {
+        return;
+    } else {
+        (Bound::Included(key), Bound::Excluded(range_end))
+    };
+    index.visit_live(bounds, at_main, visit);
 }
 
 /// etcd's revision rules for a read: `requested > current` is `FutureRevision`, `<= 0`
@@ -204,6 +115,7 @@ pub(crate) fn read_revision(requested: i64, revs: Revs) -> Result<i64> {
 /// etcd range read against `txn` whose metadata is `revs`.
 pub(crate) fn range<R: ReadTxn + ?Sized>(
     txn: &R,
+    index: &SharedIndex,
     key: &[u8],
     range_end: &[u8],
     opts: RangeOptions,
@@ -214,21 +126,23 @@ pub(crate) fn range<R: ReadTxn + ?Sized>(
         .ok()
         .filter(|&l| l > 0)
         .unwrap_or(usize::MAX);
-    let mut kvs = Vec::new();
+    let mut found = Vec::new();
     let mut count: i64 = 0;
-    visit_live_at(
-        txn,
-        key,
-        range_end,
-        at_main,
-        &mut |escaped_key, rev, record| {
+    {
+        let index = index.read();
+        index.check_readable(at_main)?;
+        visit_live_at(&index, key, range_end, at_main, &mut |_, rev| {
             count += 1;
-            if !opts.count_only && kvs.len() < limit {
-                kvs.push(to_key_value(escaped_key, rev, record, opts.keys_only)?);
+            if !opts.count_only && found.len() < limit {
+                found.push(rev);
             }
-            Ok(true)
-        },
-    )?;
+            true
+        });
+    }
+    let kvs = found
+        .into_iter()
+        .map(|rev| kv_at(txn, rev, opts.keys_only))
+        .collect::<Result<Vec<_>>>()?;
     let more = !opts.count_only && count > kvs.len() as i64;
     Ok(RangeResult {
         kvs,

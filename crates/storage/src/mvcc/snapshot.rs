@@ -4,22 +4,24 @@
 //! been verified: restore writes into one write transaction that commits only after the
 //! end frame checks out, so a corrupt or truncated dump changes nothing.
 //!
-//! # Format v1 (integers big-endian)
+//! # Format 2 (integers big-endian; format 1 held the store format 2 tables)
 //!
-//! `magic "KEELDUMP" | format u32 (1)`, then frames:
+//! `magic "KEELDUMP" | format u32 (2)`, then frames:
 //! `kind u8 | payload_len u32 | crc32c u32 (of kind, payload_len and payload) | payload`.
 //! * kind 1, records: repeated `table u8 | key_len u32 | value_len u32 | key | value`.
 //! * kind 2, end: `record_count u64`; nothing may follow.
 
 use std::io::{Read, Write};
 use std::ops::Bound;
+use std::sync::PoisonError;
 
-use super::{load_revs, Store};
+use super::index::SharedIndex;
+use super::{load_index, Store};
 use crate::backend::{Direction, Table, WriteTxn};
 use crate::error::{Result, StorageError};
 
 const MAGIC: &[u8; 8] = b"KEELDUMP";
-const DUMP_FORMAT_V1: u32 = 1;
+const DUMP_FORMAT: u32 = 2;
 const FRAME_RECORDS: u8 = 1;
 const FRAME_END: u8 = 2;
 const FRAME_HEADER_BYTES: usize = 9;
@@ -62,7 +64,7 @@ impl Store {
     pub fn dump(&self, w: &mut dyn Write) -> Result<()> {
         let txn = self.backend.begin_read()?;
         w.write_all(MAGIC)?;
-        w.write_all(&DUMP_FORMAT_V1.to_be_bytes())?;
+        w.write_all(&DUMP_FORMAT.to_be_bytes())?;
         let mut frame = Vec::with_capacity(FRAME_TARGET_BYTES * 2);
         let mut records: u64 = 0;
         for table in Table::ALL {
@@ -105,8 +107,12 @@ impl Store {
                 other => return Err(StorageError::corrupt(format!("dump frame kind {other}"))),
             }
         }
-        load_revs(&*txn)?;
-        txn.commit(true)
+        let index = SharedIndex::new(load_index(&*txn)?);
+        // No read snapshot opens between the commit and the index that matches it.
+        let mut current = self.index.write().unwrap_or_else(PoisonError::into_inner);
+        txn.commit(true)?;
+        *current = index;
+        Ok(())
     }
 }
 
@@ -117,7 +123,7 @@ fn read_header(r: &mut dyn Read) -> Result<()> {
         return Err(StorageError::corrupt("not a keel dump"));
     }
     let format = u32::from_be_bytes([header[8], header[9], header[10], header[11]]);
-    if format != DUMP_FORMAT_V1 {
+    if format != DUMP_FORMAT {
         return Err(StorageError::corrupt(format!("dump format {format}")));
     }
     Ok(())

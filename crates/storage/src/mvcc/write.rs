@@ -5,10 +5,9 @@
 //! metadata written atomically with the data, and scheduling compaction. Must never commit
 //! implicitly: dropping a batch discards it.
 
-use super::encoding::{
-    encode_i64, encode_record, escaped, rev_index_key, version_key, VersionRecord,
-};
-use super::read::{self, live_at, to_key_value, visit_live_at};
+use super::encoding::{encode_entry, encode_i64, revision_key, VersionRecord};
+use super::index::{SharedIndex, Version};
+use super::read::{self, kv_at, live_at, to_key_value, visit_live_at};
 use super::types::{Event, EventKind, KeyValue, RangeOptions, RangeResult, Revision, TxnOutcome};
 use super::{load_revs, Revs, META_COMPACT, META_COMPACT_CURSOR, META_CURRENT};
 use crate::backend::{Table, WriteTxn};
@@ -19,15 +18,46 @@ pub struct WriteBatch {
     txn: Box<dyn WriteTxn>,
     revs: Revs,
     committed_current: i64,
+    index: IndexUndo,
+}
+
+/// Adds a batch's versions to the shared key index, and takes them out again unless the
+/// batch commits. Readers never see them before: their revisions are above every read's.
+struct IndexUndo {
+    index: SharedIndex,
+    above: i64,
+    touched: Vec<Vec<u8>>,
+    committed: bool,
+}
+
+impl IndexUndo {
+    fn push(&mut self, key: &[u8], version: Version) {
+        self.index.write().push(key, version);
+        self.touched.push(key.to_vec());
+    }
+}
+
+impl Drop for IndexUndo {
+    fn drop(&mut self) {
+        if !self.committed && !self.touched.is_empty() {
+            self.index.write().roll_back(&self.touched, self.above);
+        }
+    }
 }
 
 impl WriteBatch {
-    pub(crate) fn new(txn: Box<dyn WriteTxn>) -> Result<WriteBatch> {
+    pub(crate) fn new(txn: Box<dyn WriteTxn>, index: SharedIndex) -> Result<WriteBatch> {
         let revs = load_revs(&*txn)?;
         Ok(WriteBatch {
             txn,
             revs,
             committed_current: revs.current,
+            index: IndexUndo {
+                index,
+                above: revs.current,
+                touched: Vec::new(),
+                committed: false,
+            },
         })
     }
 
@@ -54,7 +84,14 @@ impl WriteBatch {
 
     /// Range read seeing every write of this batch so far.
     pub fn range(&self, key: &[u8], range_end: &[u8], opts: RangeOptions) -> Result<RangeResult> {
-        read::range(&*self.txn, key, range_end, opts, self.revs)
+        read::range(
+            &*self.txn,
+            &self.index.index,
+            key,
+            range_end,
+            opts,
+            self.revs,
+        )
     }
 
     /// Reads caller-owned metadata (including writes of this batch).
@@ -117,11 +154,14 @@ impl WriteBatch {
             mut txn,
             revs,
             committed_current,
+            mut index,
         } = self;
         if revs.current != committed_current {
             txn.put(Table::Meta, META_CURRENT, &encode_i64(revs.current))?;
         }
-        txn.commit(durable)
+        txn.commit(durable)?;
+        index.committed = true;
+        Ok(())
     }
 }
 
@@ -152,16 +192,12 @@ impl TxnWriter<'_> {
         rev
     }
 
-    fn write_version(
-        &mut self,
-        escaped_key: &[u8],
-        record: &VersionRecord<'_>,
-    ) -> Result<Revision> {
+    fn write_version(&mut self, key: &[u8], record: &VersionRecord<'_>) -> Result<Revision> {
         let rev = self.next_revision();
-        let encoded = encode_record(record)?;
-        let txn = &mut self.batch.txn;
-        txn.put(Table::Kv, &version_key(escaped_key, rev), &encoded)?;
-        txn.put(Table::Rev, &rev_index_key(rev), escaped_key)?;
+        let entry = encode_entry(key, record)?;
+        self.batch.txn.put(Table::Kv, &revision_key(rev), &entry)?;
+        let tombstone = record.tombstone;
+        self.batch.index.push(key, Version { rev, tombstone });
         Ok(rev)
     }
 
@@ -169,7 +205,7 @@ impl TxnWriter<'_> {
     /// create revision is kept; after a delete (or on a new key) a new generation starts
     /// with version 1 and create revision = this revision.
     pub fn put(&mut self, key: &[u8], value: &[u8], lease: i64) -> Result<Option<KeyValue>> {
-        let prev = live_at(&*self.batch.txn, key, self.main)?;
+        let prev = live_at(&*self.batch.txn, &self.batch.index.index, key, self.main)?;
         let (create_revision, version) = match &prev {
             Some(p) => (p.create_revision, p.version + 1),
             None => (self.main, 1),
@@ -181,9 +217,8 @@ impl TxnWriter<'_> {
             lease,
             value,
         };
-        let escaped_key = escaped(key);
-        let rev = self.write_version(&escaped_key, &record)?;
-        let kv = to_key_value(&escaped_key, rev, &record, false)?;
+        let rev = self.write_version(key, &record)?;
+        let kv = to_key_value(key, rev, &record, false);
         self.events.push(Event {
             kind: EventKind::Put,
             kv,
@@ -195,17 +230,21 @@ impl TxnWriter<'_> {
     /// etcd delete-range (same `(key, range_end)` forms as range): writes a tombstone for
     /// every live key and returns the deleted versions in key order.
     pub fn delete_range(&mut self, key: &[u8], range_end: &[u8]) -> Result<Vec<KeyValue>> {
-        let mut victims = Vec::new();
+        let mut revisions = Vec::new();
         visit_live_at(
-            &*self.batch.txn,
+            &self.batch.index.index.read(),
             key,
             range_end,
             self.main,
-            &mut |escaped_key, rev, record| {
-                victims.push(to_key_value(escaped_key, rev, record, false)?);
-                Ok(true)
+            &mut |_, rev| {
+                revisions.push(rev);
+                true
             },
-        )?;
+        );
+        let victims = revisions
+            .into_iter()
+            .map(|rev| kv_at(&*self.batch.txn, rev, false))
+            .collect::<Result<Vec<_>>>()?;
         let tombstone = VersionRecord {
             tombstone: true,
             create_revision: 0,
@@ -214,7 +253,7 @@ impl TxnWriter<'_> {
             value: &[],
         };
         for prev in &victims {
-            let rev = self.write_version(&escaped(&prev.key), &tombstone)?;
+            let rev = self.write_version(&prev.key, &tombstone)?;
             let kv = KeyValue {
                 key: prev.key.clone(),
                 mod_revision: rev.main,

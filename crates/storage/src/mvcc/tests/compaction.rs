@@ -12,6 +12,7 @@ backend_tests!(
     compaction_physically_removes_history,
     hash_matches_for_identical_histories,
     hash_ignores_compaction_progress,
+    a_snapshot_older_than_a_compaction_is_refused_below_it,
 );
 
 fn at(revision: i64) -> RangeOptions {
@@ -129,7 +130,10 @@ fn compaction_in_small_steps_interleaves_with_writes(f: &Fixture) -> Result<()> 
         let seen = store.range(b"k", b"l", at(compact_at))?;
         assert_eq!(seen.count, 4, "reads at the compact revision never change");
     }
-    assert_eq!(steps, 2, "5 keys in steps of 2");
+    assert_eq!(
+        steps, 7,
+        "16 versions in steps of 2, the last step finishes"
+    );
     assert!(store.compact_step(2)?, "nothing left");
     assert_eq!(get(store, b"k1", 0)?.map(|kv| kv.version), Some(3 + steps));
     assert_eq!(get(store, b"k3", compact_at)?, None);
@@ -206,5 +210,26 @@ fn hash_ignores_compaction_progress(f: &Fixture) -> Result<()> {
     let hash = store.hash_kv(0)?;
     assert_eq!(hash, twin.store.hash_kv(0)?);
     assert_eq!(hash.compact_revision, 5);
+    Ok(())
+}
+
+/// A read snapshot opened before a compaction still reads its own data at or above the
+/// compact revision, and is refused below it: the shared key index has forgotten versions
+/// that snapshot's data still holds, so answering there could miss them.
+fn a_snapshot_older_than_a_compaction_is_refused_below_it(f: &Fixture) -> Result<()> {
+    let store = &f.store;
+    history(store)?;
+    let view = store.read()?;
+    store.compact(7)?;
+    assert_eq!(view.compact_revision(), NEVER_COMPACTED);
+    let a = view.range(b"a", &[], at(7))?.kvs;
+    assert_eq!(a.first().map(|kv| kv.value.clone()), Some(b"a3".to_vec()));
+    assert!(matches!(
+        view.range(b"b", &[], at(3)),
+        Err(StorageError::Compacted)
+    ));
+    assert!(matches!(view.events(4, 7, 0), Err(StorageError::Compacted)));
+    let fresh = store.read()?.events(8, 8, 0)?;
+    assert!(fresh.is_empty());
     Ok(())
 }

@@ -73,6 +73,10 @@ fn dropped_batch_leaves_no_trace(f: &Fixture) -> Result<()> {
     assert_eq!(store.current_revision()?, 2);
     assert_eq!(get(store, b"a", 0)?.map(|kv| kv.value), Some(b"1".to_vec()));
     assert_eq!(get(store, b"b", 0)?, None);
+    // The next batch writes the revision the dropped one had used, over nothing of it.
+    assert_eq!(put(store, b"b", b"3")?, 3);
+    assert_eq!(get(store, b"b", 0)?.map(|kv| kv.version), Some(1));
+    assert_eq!(get(store, b"a", 0)?.map(|kv| kv.version), Some(1));
     Ok(())
 }
 

@@ -11,6 +11,7 @@ backend_tests!(
     dump_restore_round_trip,
     corrupt_dump_is_rejected_and_changes_nothing,
     corrupt_version_record_is_an_error,
+    a_snapshot_older_than_a_restore_reads_what_it_saw,
 );
 
 fn sample(store: &Store) -> Result<()> {
@@ -145,5 +146,25 @@ fn mem_size_grows_with_data() -> Result<()> {
     let empty = store.db_size_bytes()?;
     put(&store, b"key", &[1u8; 1000])?;
     assert!(store.db_size_bytes()? >= empty + 1000);
+    Ok(())
+}
+
+/// A read snapshot opened before a restore keeps reading the data it saw, through the index
+/// that matches it; reads opened after see the restored data.
+fn a_snapshot_older_than_a_restore_reads_what_it_saw(f: &Fixture) -> Result<()> {
+    let other = Store::in_memory()?;
+    put(&other, b"x", b"restored")?;
+    let dump = dump_of(&other)?;
+    sample(&f.store)?;
+    let before = f.store.read()?;
+    f.store.restore(&mut &dump[..])?;
+    let old = before.range(&[0], &[0], RangeOptions::default())?.kvs;
+    let old_keys: Vec<_> = old.into_iter().map(|kv| kv.key).collect();
+    assert_eq!(old_keys, vec![vec![0, 0xFF, 0], b"a".to_vec()]);
+    assert_eq!(
+        get(&f.store, b"x", 0)?.map(|kv| kv.value),
+        Some(b"restored".to_vec())
+    );
+    assert_eq!(get(&f.store, b"a", 0)?, None);
     Ok(())
 }

@@ -1,0 +1,266 @@
+//! The in-memory key index: every stored revision of every key, by key (etcd's `treeIndex`).
+//!
+//! Owns: answering "which version of key K does a read at revision R see" and range scans
+//! at R without touching the backend, undoing the revisions of a batch that did not commit,
+//! and forgetting revisions that compaction removed. Must never do I/O: it is built from the
+//! `Kv` table at open and after a restore, and kept in step by the store's writers.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use super::types::Revision;
+use crate::error::{Result, StorageError};
+
+/// One stored version of a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Version {
+    pub(crate) rev: Revision,
+    pub(crate) tombstone: bool,
+}
+
+/// Every key's versions in ascending revision order.
+#[derive(Debug, Default)]
+pub(crate) struct KeyIndex {
+    keys: BTreeMap<Vec<u8>, Vec<Version>>,
+    /// Revisions below this may have been forgotten by compaction: reads there are refused.
+    floor: i64,
+}
+
+/// The index shared by a store's readers and its one writer at a time.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct SharedIndex(Arc<RwLock<KeyIndex>>);
+
+impl SharedIndex {
+    pub(crate) fn new(index: KeyIndex) -> SharedIndex {
+        SharedIndex(Arc::new(RwLock::new(index)))
+    }
+
+    // A panic while the lock was held stops the member anyway; readers need not add one.
+    pub(crate) fn read(&self) -> RwLockReadGuard<'_, KeyIndex> {
+        self.0.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn write(&self) -> RwLockWriteGuard<'_, KeyIndex> {
+        self.0.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The version of `versions` a read at `at_main` sees (tombstones included).
+fn visible(versions: &[Version], at_main: i64) -> Option<Version> {
+    let seen = versions.partition_point(|v| v.rev.main <= at_main);
+    seen.checked_sub(1).map(|i| versions[i])
+}
+
+impl KeyIndex {
+    pub(crate) fn with_floor(floor: i64) -> KeyIndex {
+        KeyIndex {
+            keys: BTreeMap::new(),
+            floor,
+        }
+    }
+
+    /// Refuses reads at revisions compaction may already have forgotten.
+    pub(crate) fn check_readable(&self, at_main: i64) -> Result<()> {
+        if at_main < self.floor {
+            return Err(StorageError::Compacted);
+        }
+        Ok(())
+    }
+
+    /// Refuses history from `start_main` on (events with their previous versions) once
+    /// compaction at or above it may have forgotten versions, as etcd refuses a watch from
+    /// the compact revision itself.
+    pub(crate) fn check_history(&self, start_main: i64) -> Result<()> {
+        if start_main <= self.floor {
+            return Err(StorageError::Compacted);
+        }
+        Ok(())
+    }
+
+    /// The version of `key` a read at `at_main` sees, tombstones included.
+    pub(crate) fn visible(&self, key: &[u8], at_main: i64) -> Option<Version> {
+        visible(self.keys.get(key)?, at_main)
+    }
+
+    /// The newest version of `key` older than `rev`.
+    pub(crate) fn before(&self, key: &[u8], rev: Revision) -> Option<Version> {
+        let versions = self.keys.get(key)?;
+        let older = versions.partition_point(|v| v.rev < rev);
+        older.checked_sub(1).map(|i| versions[i])
+    }
+
+    /// Calls `visit(key, revision)` for every key in `bounds`, in key order, that is live at
+    /// `at_main`, until it returns `false`.
+    pub(crate) fn visit_live(
+        &self,
+        bounds: (Bound<&[u8]>, Bound<&[u8]>),
+        at_main: i64,
+        visit: &mut dyn FnMut(&[u8], Revision) -> bool,
+    ) {
+        for (key, versions) in self.keys.range::<[u8], _>(bounds) {
+            let live = visible(versions, at_main).filter(|v| !v.tombstone);
+            if live.is_some_and(|v| !visit(key, v.rev)) {
+                return;
+            }
+        }
+    }
+
+    /// Records a new version; `rev` is newer than every version already indexed.
+    pub(crate) fn push(&mut self, key: &[u8], version: Version) {
+        match self.keys.get_mut(key) {
+            Some(versions) => versions.push(version),
+            None => {
+                self.keys.insert(key.to_vec(), vec![version]);
+            }
+        }
+    }
+
+    /// Forgets every version of `keys` newer than main revision `above` (a batch that did
+    /// not commit).
+    pub(crate) fn roll_back(&mut self, keys: &[Vec<u8>], above: i64) {
+        for key in keys {
+            let Some(versions) = self.keys.get_mut(key.as_slice()) else {
+                continue;
+            };
+            let kept = versions.partition_point(|v| v.rev.main <= above);
+            versions.truncate(kept);
+            if versions.is_empty() {
+                self.keys.remove(key.as_slice());
+            }
+        }
+    }
+
+    /// Whether compaction at `compact_main` removes version `rev` of `key`: an older
+    /// version than the one a read at `compact_main` sees, or that one if it is a tombstone.
+    /// A version the index does not know is not needed by any read.
+    pub(crate) fn doomed(&self, key: &[u8], rev: Revision, compact_main: i64) -> bool {
+        match self.visible(key, compact_main) {
+            Some(kept) => rev < kept.rev || (rev == kept.rev && kept.tombstone),
+            None => true,
+        }
+    }
+
+    /// Forgets versions compaction at `compact_main` removes; reads below it fail from now on.
+    pub(crate) fn forget(&mut self, doomed: &[(Vec<u8>, Revision)], compact_main: i64) {
+        self.floor = self.floor.max(compact_main);
+        for (key, rev) in doomed {
+            let Some(versions) = self.keys.get_mut(key.as_slice()) else {
+                continue;
+            };
+            versions.retain(|v| v.rev != *rev);
+            if versions.is_empty() {
+                self.keys.remove(key.as_slice());
+            }
+        }
+    }
+
+    /// Number of keys with at least one stored version (tests).
+    #[cfg(test)]
+    pub(crate) fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn version(main: i64, tombstone: bool) -> Version {
+        Version {
+            rev: Revision { main, sub: 0 },
+            tombstone,
+        }
+    }
+
+    fn live(index: &KeyIndex, at: i64) -> Vec<(Vec<u8>, i64)> {
+        let mut out = Vec::new();
+        index.visit_live((Bound::Unbounded, Bound::Unbounded), at, &mut |k, rev| {
+            out.push((k.to_vec(), rev.main));
+            true
+        });
+        out
+    }
+
+    #[test]
+    fn reads_see_the_newest_version_at_their_revision() {
+        let mut index = KeyIndex::default();
+        index.push(b"a", version(2, false));
+        index.push(b"b", version(3, false));
+        index.push(b"a", version(4, true));
+        index.push(b"a", version(6, false));
+        assert_eq!(live(&index, 1), vec![]);
+        assert_eq!(
+            live(&index, 3),
+            vec![(b"a".to_vec(), 2), (b"b".to_vec(), 3)]
+        );
+        assert_eq!(live(&index, 5), vec![(b"b".to_vec(), 3)]);
+        assert_eq!(
+            live(&index, 9),
+            vec![(b"a".to_vec(), 6), (b"b".to_vec(), 3)]
+        );
+        assert_eq!(index.visible(b"a", 5), Some(version(4, true)));
+        assert_eq!(
+            index.before(b"a", version(6, false).rev),
+            Some(version(4, true))
+        );
+        assert_eq!(index.before(b"a", version(2, false).rev), None);
+    }
+
+    #[test]
+    fn roll_back_forgets_only_the_uncommitted_versions() {
+        let mut index = KeyIndex::default();
+        index.push(b"a", version(2, false));
+        index.push(b"a", version(3, false));
+        index.push(b"b", version(3, false));
+        index.roll_back(&[b"a".to_vec(), b"b".to_vec(), b"c".to_vec()], 2);
+        assert_eq!(live(&index, 9), vec![(b"a".to_vec(), 2)]);
+        assert_eq!(index.key_count(), 1);
+    }
+
+    #[test]
+    fn compaction_keeps_what_reads_at_the_compact_revision_see() {
+        let mut index = KeyIndex::default();
+        index.push(b"a", version(2, false));
+        index.push(b"a", version(3, false));
+        index.push(b"a", version(5, false));
+        index.push(b"b", version(2, false));
+        index.push(b"b", version(4, true));
+        let doomed: Vec<_> = [(b"a", 2), (b"a", 3), (b"a", 5), (b"b", 2), (b"b", 4)]
+            .into_iter()
+            .filter(|(k, main)| {
+                index.doomed(
+                    *k,
+                    Revision {
+                        main: *main,
+                        sub: 0,
+                    },
+                    4,
+                )
+            })
+            .map(|(k, main)| (k.to_vec(), Revision { main, sub: 0 }))
+            .collect();
+        assert_eq!(
+            doomed,
+            vec![
+                (b"a".to_vec(), Revision { main: 2, sub: 0 }),
+                (b"b".to_vec(), Revision { main: 2, sub: 0 }),
+                (b"b".to_vec(), Revision { main: 4, sub: 0 }),
+            ]
+        );
+        index.forget(&doomed, 4);
+        assert!(matches!(
+            index.check_readable(3),
+            Err(StorageError::Compacted)
+        ));
+        assert!(index.check_readable(4).is_ok());
+        assert!(matches!(
+            index.check_history(4),
+            Err(StorageError::Compacted)
+        ));
+        assert!(index.check_history(5).is_ok());
+        assert_eq!(live(&index, 4), vec![(b"a".to_vec(), 3)]);
+        assert_eq!(live(&index, 9), vec![(b"a".to_vec(), 5)]);
+        assert_eq!(index.key_count(), 1);
+    }
+}
