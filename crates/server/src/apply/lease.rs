@@ -1,6 +1,6 @@
 //! Leases in the replicated state: grant, revoke (with the keys attached), the lease clock and
-//! deadlines, checkpoints of renewed leases, and the lease -> keys index that puts and deletes
-//! keep up to date.
+//! deadlines, and checkpoints of renewed leases. Which keys a lease holds is the store's key
+//! index's business: it attaches a key to the lease of its newest version.
 //!
 //! Time: the leader's lessor replicates a lease clock (milliseconds, moved forward about once a
 //! second by the time that passed on the leader). A lease record stores its deadline on that
@@ -10,8 +10,8 @@
 //! cost up to 12 commands of 1,024 lease updates per second with 12,000 leases, and stalled
 //! apply for the writes queued behind them).
 //!
-//! Owns: the lease record encoding, the lease clock (caller metadata `lease_clock`) and the
-//! attachment index (caller metadata `lease/<id BE>/<key>`), all written in the apply batch.
+//! Owns: the lease record encoding and the lease clock (caller metadata `lease_clock`), both
+//! written in the apply batch.
 //! Must never: decide expiry (the leader's lessor does, with a clock, and proposes a revoke).
 
 use std::collections::HashSet;
@@ -29,7 +29,6 @@ use super::range::storage_error;
 /// checkpoint, which a store from before the clock (clock 0) reads as the same deadline.
 const RECORD_FORMAT: u8 = 2;
 const RECORD_FORMAT_REMAINING: u8 = 1;
-const ATTACH_PREFIX: &[u8] = b"lease/";
 const META_LEASE_CLOCK: &[u8] = b"lease_clock";
 /// etcd's largest lease TTL in seconds.
 pub const MAX_LEASE_TTL_S: i64 = 9_000_000_000;
@@ -78,30 +77,12 @@ impl LeaseRecord {
     }
 }
 
-fn attach_prefix(id: i64) -> Vec<u8> {
-    let mut key = ATTACH_PREFIX.to_vec();
-    key.extend_from_slice(&id.to_be_bytes());
-    key.push(b'/');
-    key
-}
-
-fn attach_key(id: i64, key: &[u8]) -> Vec<u8> {
-    let mut out = attach_prefix(id);
-    out.extend_from_slice(key);
-    out
-}
-
-/// What a write did to leases, gathered inside an MVCC transaction (which borrows the batch)
-/// and written to the batch after it ends.
+/// The leases a write names that exist, looked up before its MVCC transaction (which
+/// borrows the batch) starts.
 #[derive(Default)]
-pub struct LeaseEffects {
-    /// Lease ids the request names that exist.
-    pub known: HashSet<i64>,
-    /// `(lease, key, attach?)` in order.
-    pub changes: Vec<(i64, Vec<u8>, bool)>,
-}
+pub struct KnownLeases(HashSet<i64>);
 
-impl LeaseEffects {
+impl KnownLeases {
     /// Looks up every lease a put in `ops` names (nested txns included).
     pub fn for_ops<'a>(
         batch: &WriteBatch,
@@ -119,36 +100,11 @@ impl LeaseEffects {
                 known.insert(id);
             }
         }
-        Ok(Self {
-            known,
-            changes: Vec::new(),
-        })
+        Ok(Self(known))
     }
 
-    /// Records that `key` moved from lease `old` to lease `new` (0 = none).
-    pub fn moved(&mut self, key: &[u8], old: i64, new: i64) {
-        if old == new {
-            return;
-        }
-        if old != 0 {
-            self.changes.push((old, key.to_vec(), false));
-        }
-        if new != 0 {
-            self.changes.push((new, key.to_vec(), true));
-        }
-    }
-
-    /// Writes the attachment changes into the batch.
-    pub fn write(self, batch: &mut WriteBatch) -> Result<(), EtcdError> {
-        for (id, key, attach) in self.changes {
-            let meta = attach_key(id, &key);
-            if attach {
-                batch.put_meta(&meta, &[]).map_err(storage_error)?;
-            } else {
-                batch.delete_meta(&meta).map_err(storage_error)?;
-            }
-        }
-        Ok(())
+    pub fn contains(&self, id: i64) -> bool {
+        self.0.contains(&id)
     }
 }
 
@@ -196,19 +152,14 @@ pub fn revoke(batch: &mut WriteBatch, req: &LeaseRevokeRequest) -> Result<Vec<Ev
     if batch.get_lease(req.id).map_err(storage_error)?.is_none() {
         return Err(EtcdError::LeaseNotFound);
     }
-    let prefix = attach_prefix(req.id);
-    let attached = batch.meta_prefix(&prefix).map_err(storage_error)?;
+    let attached = batch.attached_keys(req.id);
     let mut events = Vec::new();
     if !attached.is_empty() {
         let mut txn = batch.begin_txn();
-        for (meta_key, _) in &attached {
-            txn.delete_range(&meta_key[prefix.len()..], &[])
-                .map_err(storage_error)?;
+        for key in &attached {
+            txn.delete_range(key, &[]).map_err(storage_error)?;
         }
         events = txn.end().events;
-    }
-    for (meta_key, _) in &attached {
-        batch.delete_meta(meta_key).map_err(storage_error)?;
     }
     batch.delete_lease(req.id).map_err(storage_error)?;
     Ok(events)
@@ -269,16 +220,6 @@ pub fn checkpoint(batch: &mut WriteBatch, req: &LeaseCheckpointRequest) -> Resul
     Ok(())
 }
 
-/// The keys attached to a lease, in key order.
-pub fn attached_keys(view: &ReadView, id: i64) -> Result<Vec<Vec<u8>>, StorageError> {
-    let prefix = attach_prefix(id);
-    Ok(view
-        .meta_prefix(&prefix)?
-        .into_iter()
-        .map(|(k, _)| k[prefix.len()..].to_vec())
-        .collect())
-}
-
 /// Every stored lease with its record.
 pub fn all_leases(view: &ReadView) -> Result<Vec<(i64, LeaseRecord)>, StorageError> {
     view.leases()?
@@ -312,12 +253,5 @@ mod tests {
         let mut bad = r.encode();
         bad[0] = 9;
         assert!(LeaseRecord::decode(&bad).is_err());
-    }
-
-    #[test]
-    fn attachment_keys_of_one_lease_share_a_prefix_no_other_lease_has() {
-        assert!(attach_key(1, b"k").starts_with(&attach_prefix(1)));
-        assert!(!attach_key(256, b"k").starts_with(&attach_prefix(1)));
-        assert!(!attach_prefix(1).starts_with(&attach_prefix(0x0100)));
     }
 }

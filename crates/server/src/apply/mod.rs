@@ -25,7 +25,7 @@ use keel_raft::Applier;
 use keel_storage::{Event, Store, WriteBatch};
 use prost::Message;
 
-use self::lease::LeaseEffects;
+use self::lease::KnownLeases;
 use self::range::storage_error;
 
 const META_RAFT_STATE: &[u8] = b"raft/state";
@@ -161,16 +161,16 @@ fn apply_one(
     let req = InternalRequest::decode(bytes)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     let result = match req.request {
-        Some(Req::Put(r)) => LeaseEffects::for_ids(batch, [r.lease].into())
-            .and_then(|fx| in_txn(batch, out, fx, |t, fx| txn::put(t, fx, &r)))
+        Some(Req::Put(r)) => KnownLeases::for_ids(batch, [r.lease].into())
+            .and_then(|leases| in_txn(batch, out, leases, |t, leases| txn::put(t, leases, &r)))
             .map(|(resp, rev)| {
                 Resp::Put(PutResponse {
                     header: header(rev),
                     ..resp
                 })
             }),
-        Some(Req::DeleteRange(r)) => in_txn(batch, out, LeaseEffects::default(), |t, fx| {
-            txn::delete_range(t, fx, &r)
+        Some(Req::DeleteRange(r)) => in_txn(batch, out, KnownLeases::default(), |t, _| {
+            txn::delete_range(t, &r)
         })
         .map(|(resp, rev)| {
             Resp::DeleteRange(DeleteRangeResponse {
@@ -178,8 +178,8 @@ fn apply_one(
                 ..resp
             })
         }),
-        Some(Req::Txn(r)) => LeaseEffects::for_ops(batch, r.success.iter().chain(&r.failure))
-            .and_then(|fx| in_txn(batch, out, fx, |t, fx| txn::txn(t, fx, &r)))
+        Some(Req::Txn(r)) => KnownLeases::for_ops(batch, r.success.iter().chain(&r.failure))
+            .and_then(|leases| in_txn(batch, out, leases, |t, leases| txn::txn(t, leases, &r)))
             .map(|(mut resp, rev)| {
                 stamp_headers(&mut resp, rev);
                 Resp::Txn(resp)
@@ -247,20 +247,18 @@ fn apply_one(
     })
 }
 
-/// Runs `f` as one etcd transaction (one revision), then writes its lease attachment changes
-/// and records its events. The handlers in `txn.rs` check a request completely before its
+/// Runs `f` as one etcd transaction (one revision) and records its events. The handlers in `txn.rs` check a request completely before its
 /// first write, so an error leaves the batch untouched. Returns `f`'s result and the store
 /// revision after the transaction.
 fn in_txn<T>(
     batch: &mut WriteBatch,
     out: &mut Committed,
-    mut fx: LeaseEffects,
-    f: impl FnOnce(&mut keel_storage::TxnWriter<'_>, &mut LeaseEffects) -> Result<T, EtcdError>,
+    leases: KnownLeases,
+    f: impl FnOnce(&mut keel_storage::TxnWriter<'_>, &KnownLeases) -> Result<T, EtcdError>,
 ) -> Result<(T, i64), EtcdError> {
     let mut txn = batch.begin_txn();
-    let value = f(&mut txn, &mut fx)?;
+    let value = f(&mut txn, &leases)?;
     let outcome = txn.end();
-    fx.write(batch)?;
     if !outcome.events.is_empty() {
         out.revisions.push((outcome.revision, outcome.events));
     }

@@ -13,7 +13,7 @@ use keel_api::etcdserverpb::{
 };
 use keel_storage::{KeyValue, RangeOptions, TxnWriter};
 
-use super::lease::LeaseEffects;
+use super::lease::KnownLeases;
 use super::range::{range, storage_error, to_pb, RangeSource};
 
 type Result<T> = std::result::Result<T, EtcdError>;
@@ -26,12 +26,8 @@ fn get(txn: &TxnWriter<'_>, key: &[u8]) -> Result<Option<KeyValue>> {
 }
 
 /// A put; checks (see `check_put`) come first so an error writes nothing.
-pub fn put(
-    txn: &mut TxnWriter<'_>,
-    fx: &mut LeaseEffects,
-    req: &PutRequest,
-) -> Result<PutResponse> {
-    check_put(txn, fx, req)?;
+pub fn put(txn: &mut TxnWriter<'_>, leases: &KnownLeases, req: &PutRequest) -> Result<PutResponse> {
+    check_put(txn, leases, req)?;
     let (value, lease) = if req.ignore_value || req.ignore_lease {
         let prev = get(txn, &req.key)?.ok_or(EtcdError::KeyNotFound)?;
         let value = if req.ignore_value {
@@ -49,7 +45,6 @@ pub fn put(
         (req.value.clone(), req.lease)
     };
     let prev = txn.put(&req.key, &value, lease).map_err(storage_error)?;
-    fx.moved(&req.key, prev.as_ref().map_or(0, |p| p.lease), lease);
     Ok(PutResponse {
         header: None,
         prev_kv: if req.prev_kv { prev.map(to_pb) } else { None },
@@ -58,15 +53,11 @@ pub fn put(
 
 pub fn delete_range(
     txn: &mut TxnWriter<'_>,
-    fx: &mut LeaseEffects,
     req: &DeleteRangeRequest,
 ) -> Result<DeleteRangeResponse> {
     let deleted = txn
         .delete_range(&req.key, &req.range_end)
         .map_err(storage_error)?;
-    for kv in &deleted {
-        fx.moved(&kv.key, kv.lease, 0);
-    }
     Ok(DeleteRangeResponse {
         header: None,
         deleted: deleted.len() as i64,
@@ -83,15 +74,11 @@ pub fn delete_range(
 /// Like etcd, every compare (nested ones included) is evaluated against the state before the
 /// txn, and every operation of the chosen path is checked before the first write, so a txn
 /// that fails leaves nothing behind.
-pub fn txn(
-    txn: &mut TxnWriter<'_>,
-    fx: &mut LeaseEffects,
-    req: &TxnRequest,
-) -> Result<TxnResponse> {
+pub fn txn(txn: &mut TxnWriter<'_>, leases: &KnownLeases, req: &TxnRequest) -> Result<TxnResponse> {
     let mut path = Vec::new();
     choose_path(txn, req, &mut path)?;
-    check_path(txn, fx, req, &path, &mut 0)?;
-    execute(txn, fx, req, &path, &mut 0)
+    check_path(txn, leases, req, &path, &mut 0)?;
+    execute(txn, leases, req, &path, &mut 0)
 }
 
 /// Records, depth first, whether each (nested) txn on the taken path succeeds.
@@ -122,7 +109,7 @@ fn branch(req: &TxnRequest, succeeded: bool) -> &[RequestOp] {
 
 fn check_path(
     txn: &TxnWriter<'_>,
-    fx: &LeaseEffects,
+    leases: &KnownLeases,
     req: &TxnRequest,
     path: &[bool],
     at: &mut usize,
@@ -140,19 +127,21 @@ fn check_path(
                 txn.range(&r.key, &r.range_end, opts)
                     .map_err(storage_error)?;
             }
-            Some(request_op::Request::RequestPut(r)) => check_put(txn, fx, r)?,
-            Some(request_op::Request::RequestTxn(nested)) => check_path(txn, fx, nested, path, at)?,
+            Some(request_op::Request::RequestPut(r)) => check_put(txn, leases, r)?,
+            Some(request_op::Request::RequestTxn(nested)) => {
+                check_path(txn, leases, nested, path, at)?
+            }
             _ => {}
         }
     }
     Ok(())
 }
 
-fn check_put(txn: &TxnWriter<'_>, fx: &LeaseEffects, req: &PutRequest) -> Result<()> {
+fn check_put(txn: &TxnWriter<'_>, leases: &KnownLeases, req: &PutRequest) -> Result<()> {
     if (req.ignore_value || req.ignore_lease) && get(txn, &req.key)?.is_none() {
         return Err(EtcdError::KeyNotFound);
     }
-    if req.lease != 0 && !fx.known.contains(&req.lease) {
+    if req.lease != 0 && !leases.contains(req.lease) {
         return Err(EtcdError::LeaseNotFound);
     }
     Ok(())
@@ -160,7 +149,7 @@ fn check_put(txn: &TxnWriter<'_>, fx: &LeaseEffects, req: &PutRequest) -> Result
 
 fn execute(
     txn: &mut TxnWriter<'_>,
-    fx: &mut LeaseEffects,
+    leases: &KnownLeases,
     req: &TxnRequest,
     path: &[bool],
     at: &mut usize,
@@ -170,7 +159,7 @@ fn execute(
     let ops = branch(req, succeeded);
     let mut responses = Vec::with_capacity(ops.len());
     for op in ops {
-        responses.push(request_op(txn, fx, op, path, at)?);
+        responses.push(request_op(txn, leases, op, path, at)?);
     }
     Ok(TxnResponse {
         header: None,
@@ -181,7 +170,7 @@ fn execute(
 
 fn request_op(
     txn: &mut TxnWriter<'_>,
-    fx: &mut LeaseEffects,
+    leases: &KnownLeases,
     op: &RequestOp,
     path: &[bool],
     at: &mut usize,
@@ -192,13 +181,13 @@ fn request_op(
             response_op::Response::ResponseRange(range(src, r)?)
         }
         Some(request_op::Request::RequestPut(r)) => {
-            response_op::Response::ResponsePut(put(txn, fx, r)?)
+            response_op::Response::ResponsePut(put(txn, leases, r)?)
         }
         Some(request_op::Request::RequestDeleteRange(r)) => {
-            response_op::Response::ResponseDeleteRange(delete_range(txn, fx, r)?)
+            response_op::Response::ResponseDeleteRange(delete_range(txn, r)?)
         }
         Some(request_op::Request::RequestTxn(r)) => {
-            response_op::Response::ResponseTxn(execute(txn, fx, r, path, at)?)
+            response_op::Response::ResponseTxn(execute(txn, leases, r, path, at)?)
         }
         None => return Ok(ResponseOp { response: None }),
     };

@@ -27,7 +27,7 @@ use keel_api::keelpb::{InternalRequest, LeaseClock};
 use tokio::sync::watch;
 
 use self::lessor::Lessor;
-use crate::apply::lease::{all_leases, attached_keys, clock_ms, LeaseRecord};
+use crate::apply::lease::{all_leases, clock_ms, LeaseRecord};
 use crate::apply::range::storage_error;
 use crate::apply::{Committed, LeaseChange};
 use crate::propose::{status_to_error, GROUP_ID};
@@ -185,7 +185,7 @@ impl Leases {
             });
         };
         let keys = if req.keys {
-            attached_keys(&view, req.id).map_err(storage_error)?
+            view.attached_keys(req.id)
         } else {
             vec![]
         };

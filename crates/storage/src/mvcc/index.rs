@@ -1,11 +1,12 @@
 //! The in-memory key index: every stored revision of every key, by key (etcd's `treeIndex`).
 //!
 //! Owns: answering "which version of key K does a read at revision R see" and range scans
-//! at R without touching the backend, undoing the revisions of a batch that did not commit,
-//! and forgetting revisions that compaction removed. Must never do I/O: it is built from the
+//! at R without touching the backend, the lease -> live keys attachments (etcd's lessor
+//! keeps them in memory too), undoing the revisions of a batch that did not commit, and
+//! forgetting revisions that compaction removed. Must never do I/O: it is built from the
 //! `Kv` table at open and after a restore, and kept in step by the store's writers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -17,12 +18,23 @@ use crate::error::{Result, StorageError};
 pub(crate) struct Version {
     pub(crate) rev: Revision,
     pub(crate) tombstone: bool,
+    /// The lease the version is attached to (0 for none, and for a tombstone).
+    pub(crate) lease: i64,
+}
+
+impl Version {
+    /// The lease a key whose newest version is this one is attached to, if any.
+    pub(crate) fn attached_to(&self) -> Option<i64> {
+        (!self.tombstone && self.lease != 0).then_some(self.lease)
+    }
 }
 
 /// Every key's versions in ascending revision order.
 #[derive(Debug, Default)]
 pub(crate) struct KeyIndex {
     keys: BTreeMap<Vec<u8>, Vec<Version>>,
+    /// Lease -> the keys whose newest version is attached to it.
+    attached: HashMap<i64, BTreeSet<Vec<u8>>>,
     /// Revisions below this may have been forgotten by compaction: reads there are refused.
     floor: i64,
 }
@@ -55,8 +67,8 @@ fn visible(versions: &[Version], at_main: i64) -> Option<Version> {
 impl KeyIndex {
     pub(crate) fn with_floor(floor: i64) -> KeyIndex {
         KeyIndex {
-            keys: BTreeMap::new(),
             floor,
+            ..KeyIndex::default()
         }
     }
 
@@ -108,12 +120,44 @@ impl KeyIndex {
 
     /// Records a new version; `rev` is newer than every version already indexed.
     pub(crate) fn push(&mut self, key: &[u8], version: Version) {
-        match self.keys.get_mut(key) {
-            Some(versions) => versions.push(version),
+        let was = match self.keys.get_mut(key) {
+            Some(versions) => {
+                let was = versions.last().and_then(Version::attached_to);
+                versions.push(version);
+                was
+            }
             None => {
                 self.keys.insert(key.to_vec(), vec![version]);
+                None
+            }
+        };
+        self.reattach(key, was, version.attached_to());
+    }
+
+    fn reattach(&mut self, key: &[u8], was: Option<i64>, now: Option<i64>) {
+        if was == now {
+            return;
+        }
+        if let Some(lease) = was {
+            if let Some(keys) = self.attached.get_mut(&lease) {
+                keys.remove(key);
+                if keys.is_empty() {
+                    self.attached.remove(&lease);
+                }
             }
         }
+        if let Some(lease) = now {
+            self.attached.entry(lease).or_default().insert(key.to_vec());
+        }
+    }
+
+    /// The keys attached to `lease` now (newest versions, committed or not), in key order.
+    pub(crate) fn attached(&self, lease: i64) -> impl Iterator<Item = &[u8]> {
+        self.attached
+            .get(&lease)
+            .into_iter()
+            .flatten()
+            .map(Vec::as_slice)
     }
 
     /// Forgets every version of `keys` newer than main revision `above` (a batch that did
@@ -123,11 +167,14 @@ impl KeyIndex {
             let Some(versions) = self.keys.get_mut(key.as_slice()) else {
                 continue;
             };
+            let was = versions.last().and_then(Version::attached_to);
             let kept = versions.partition_point(|v| v.rev.main <= above);
             versions.truncate(kept);
+            let now = versions.last().and_then(Version::attached_to);
             if versions.is_empty() {
                 self.keys.remove(key.as_slice());
             }
+            self.reattach(key, was, now);
         }
     }
 
@@ -167,10 +214,39 @@ mod tests {
     use super::*;
 
     fn version(main: i64, tombstone: bool) -> Version {
+        leased(main, tombstone, 0)
+    }
+
+    fn leased(main: i64, tombstone: bool, lease: i64) -> Version {
         Version {
             rev: Revision { main, sub: 0 },
             tombstone,
+            lease,
         }
+    }
+
+    fn attached(index: &KeyIndex, lease: i64) -> Vec<&[u8]> {
+        index.attached(lease).collect()
+    }
+
+    #[test]
+    fn keys_are_attached_to_the_lease_of_their_newest_version() {
+        let mut index = KeyIndex::default();
+        index.push(b"b", leased(2, false, 7));
+        index.push(b"a", leased(3, false, 7));
+        index.push(b"c", leased(3, false, 8));
+        assert_eq!(attached(&index, 7), vec![&b"a"[..], b"b"]);
+        index.push(b"a", leased(4, false, 8));
+        index.push(b"b", leased(5, true, 0));
+        index.push(b"c", leased(5, false, 0));
+        assert!(attached(&index, 7).is_empty());
+        assert_eq!(attached(&index, 8), vec![&b"a"[..]]);
+        index.roll_back(&[b"a".to_vec(), b"b".to_vec(), b"c".to_vec()], 3);
+        assert_eq!(attached(&index, 7), vec![&b"a"[..], b"b"]);
+        assert_eq!(attached(&index, 8), vec![&b"c"[..]]);
+        index.roll_back(&[b"a".to_vec(), b"b".to_vec(), b"c".to_vec()], 1);
+        assert!(attached(&index, 7).is_empty() && attached(&index, 8).is_empty());
+        assert!(index.attached.is_empty(), "no empty lease entries left");
     }
 
     fn live(index: &KeyIndex, at: i64) -> Vec<(Vec<u8>, i64)> {

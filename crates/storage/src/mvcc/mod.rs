@@ -116,8 +116,15 @@ fn load_index<R: ReadTxn + ?Sized>(txn: &R) -> Result<KeyIndex> {
     txn.scan(Table::Kv, all, Direction::Forward, &mut |k, v| {
         let rev = parse_revision_key(k)?;
         let (key, record) = decode_entry(v)?;
-        let tombstone = record.tombstone;
-        index.push(key, Version { rev, tombstone });
+        let (tombstone, lease) = (record.tombstone, record.lease);
+        index.push(
+            key,
+            Version {
+                rev,
+                tombstone,
+                lease,
+            },
+        );
         Ok(true)
     })?;
     Ok(index)
@@ -271,9 +278,19 @@ impl ReadView {
         read::leases(&*self.txn)
     }
 
-    /// Every caller-metadata entry whose key starts with `prefix`, in key order.
-    pub fn meta_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        read::meta_prefix(&*self.txn, prefix)
+    /// The keys attached to `lease` in this snapshot, in key order. (The index keeps only
+    /// the newest attachments: a key moved to another lease after this snapshot is missing.)
+    pub fn attached_keys(&self, lease: i64) -> Vec<Vec<u8>> {
+        let index = self.index.read();
+        index
+            .attached(lease)
+            .filter(|key| {
+                index
+                    .visible(key, self.revs.current)
+                    .is_some_and(|v| v.attached_to() == Some(lease))
+            })
+            .map(<[u8]>::to_vec)
+            .collect()
     }
 
     /// Caller-owned metadata stored with [`WriteBatch::put_meta`].

@@ -167,24 +167,3 @@ pub(crate) fn leases<R: ReadTxn + ?Sized>(txn: &R) -> Result<Vec<(i64, Vec<u8>)>
     )?;
     Ok(out)
 }
-
-/// Every caller-metadata entry whose key starts with `prefix`, in key order.
-pub(crate) fn meta_prefix<R: ReadTxn + ?Sized>(
-    txn: &R,
-    prefix: &[u8],
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let mut out = Vec::new();
-    txn.scan(
-        Table::AppMeta,
-        (Bound::Included(prefix), Bound::Unbounded),
-        Direction::Forward,
-        &mut |k, v| {
-            if !k.starts_with(prefix) {
-                return Ok(false);
-            }
-            out.push((k.to_vec(), v.to_vec()));
-            Ok(true)
-        },
-    )?;
-    Ok(out)
-}

@@ -119,9 +119,10 @@ impl WriteBatch {
         self.txn.get(Table::Lease, &encode_i64(lease_id))
     }
 
-    /// Every caller-metadata entry whose key starts with `prefix` (including this batch's).
-    pub fn meta_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        read::meta_prefix(&*self.txn, prefix)
+    /// The keys attached to `lease` (including this batch's changes), in key order.
+    pub fn attached_keys(&self, lease: i64) -> Vec<Vec<u8>> {
+        let index = self.index.index.read();
+        index.attached(lease).map(<[u8]>::to_vec).collect()
     }
 
     /// Removes a lease record; returns whether it existed.
@@ -196,8 +197,15 @@ impl TxnWriter<'_> {
         let rev = self.next_revision();
         let entry = encode_entry(key, record)?;
         self.batch.txn.put(Table::Kv, &revision_key(rev), &entry)?;
-        let tombstone = record.tombstone;
-        self.batch.index.push(key, Version { rev, tombstone });
+        let (tombstone, lease) = (record.tombstone, record.lease);
+        self.batch.index.push(
+            key,
+            Version {
+                rev,
+                tombstone,
+                lease,
+            },
+        );
         Ok(rev)
     }
 

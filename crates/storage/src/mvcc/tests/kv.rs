@@ -18,7 +18,7 @@ backend_tests!(
     future_revision_read_is_rejected,
     events_replay_history_in_revision_order,
     meta_and_leases_commit_with_data,
-    meta_prefix_and_lease_lookup_see_the_batch,
+    attached_keys_and_lease_lookup_see_the_batch,
 );
 
 fn revisions_rise_once_per_writing_txn(f: &Fixture) -> Result<()> {
@@ -440,29 +440,35 @@ fn meta_and_leases_commit_with_data(f: &Fixture) -> Result<()> {
     Ok(())
 }
 
-fn meta_prefix_and_lease_lookup_see_the_batch(f: &Fixture) -> Result<()> {
+fn attached_keys_and_lease_lookup_see_the_batch(f: &Fixture) -> Result<()> {
     let store = &f.store;
     let mut batch = store.write()?;
-    batch.put_meta(b"lease/1/a", b"")?;
-    batch.put_meta(b"lease/1/b", b"")?;
-    batch.put_meta(b"lease/2/a", b"")?;
-    batch.put_meta(b"lease0", b"")?;
+    let mut txn = batch.begin_txn();
+    txn.put(b"b", b"", 1)?;
+    txn.put(b"a", b"", 1)?;
+    txn.put(b"c", b"", 2)?;
+    txn.end();
     batch.put_lease(1, b"one")?;
-    let keys: Vec<Vec<u8>> = batch
-        .meta_prefix(b"lease/1/")?
-        .into_iter()
-        .map(|(k, _)| k)
-        .collect();
-    assert_eq!(keys, vec![b"lease/1/a".to_vec(), b"lease/1/b".to_vec()]);
+    assert_eq!(batch.attached_keys(1), vec![b"a".to_vec(), b"b".to_vec()]);
     assert_eq!(batch.get_lease(1)?, Some(b"one".to_vec()));
     assert_eq!(batch.get_lease(2)?, None);
+    let before = store.read()?;
+    assert!(before.attached_keys(1).is_empty(), "not committed yet");
     batch.commit(false)?;
     let view = store.read()?;
-    assert_eq!(
-        view.meta_prefix(b"lease/")?.len(),
-        3,
-        "prefix stops before lease0"
-    );
-    assert!(view.meta_prefix(b"nothing/")?.is_empty());
+    assert_eq!(view.attached_keys(1), vec![b"a".to_vec(), b"b".to_vec()]);
+    assert_eq!(view.attached_keys(2), vec![b"c".to_vec()]);
+    assert!(view.attached_keys(3).is_empty());
+    // A key moves with its newest version; a deleted key leaves its lease.
+    let mut batch = store.write()?;
+    let mut txn = batch.begin_txn();
+    txn.put(b"a", b"", 2)?;
+    txn.delete_range(b"b", &[])?;
+    txn.end();
+    batch.commit(false)?;
+    assert_eq!(view.attached_keys(2), vec![b"c".to_vec()], "the old view");
+    let now = store.read()?;
+    assert!(now.attached_keys(1).is_empty());
+    assert_eq!(now.attached_keys(2), vec![b"a".to_vec(), b"c".to_vec()]);
     Ok(())
 }
