@@ -28,8 +28,8 @@ use crate::histogram::DurationHistogram;
 pub use log_store::LogStore;
 pub use mem_log::{MemLog, MemLogDisk, MemLogOptions};
 pub use network::{
-    peer_channel, peer_client, set_peer_dial_map, set_peer_dialer, NetworkFactory, PeerDialer,
-    PEER_MESSAGE_BYTES_MAX,
+    peer_channel, peer_client, set_peer_dial_map, set_peer_dialer, ForMember, NetworkFactory,
+    PeerDialer, PeerRpc, ToMember, PEER_MESSAGE_BYTES_MAX, TO_MEMBER_HEADER,
 };
 pub use rt::{seed_thread_rng, KeelRuntime};
 pub use state_machine::{Applier, StateMachine};

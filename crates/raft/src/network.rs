@@ -26,6 +26,7 @@ use openraft::raft::{
 use openraft::{RaftNetworkFactory, RaftNetworkV2};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::types::{Member, NodeId, SnapshotMeta, TypeConfig, Vote};
@@ -105,9 +106,60 @@ pub fn peer_channel(url: &str) -> Result<Channel, tonic::transport::Error> {
     })
 }
 
-/// A gRPC client for the `Peer` service with keel's message-size limits.
-pub fn peer_client(channel: Channel) -> PeerClient<Channel> {
-    PeerClient::new(channel)
+/// Metadata naming the member a peer request is meant for (etcd's `X-Raft-To`). A member
+/// answers a request meant for another with `FailedPrecondition`: once an address is reused
+/// (a member moved, another cluster on the same host), traffic for the member that was there
+/// must not reach whoever is there now, or it could vote for and follow another cluster's
+/// leader.
+pub const TO_MEMBER_HEADER: &str = "x-keel-to";
+
+/// Adds [`TO_MEMBER_HEADER`] to every request of a peer client.
+#[derive(Clone, Copy, Debug)]
+pub struct ToMember(pub NodeId);
+
+impl tonic::service::Interceptor for ToMember {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert(
+            TO_MEMBER_HEADER,
+            format!("{:x}", self.0)
+                .parse()
+                .map_err(|_| tonic::Status::internal("member id header"))?,
+        );
+        Ok(req)
+    }
+}
+
+/// The peer-side check of [`TO_MEMBER_HEADER`]: requests meant for another member are
+/// refused; requests without the header (older members) pass.
+#[derive(Clone, Copy, Debug)]
+pub struct ForMember(pub NodeId);
+
+impl tonic::service::Interceptor for ForMember {
+    fn call(&mut self, req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let Some(to) = req.metadata().get(TO_MEMBER_HEADER) else {
+            return Ok(req);
+        };
+        let to = to
+            .to_str()
+            .ok()
+            .and_then(|s| u64::from_str_radix(s, 16).ok());
+        if to != Some(self.0) {
+            return Err(tonic::Status::failed_precondition(format!(
+                "request for member {} reached member {:x}",
+                to.map_or_else(|| "(unreadable id)".to_string(), |id| format!("{id:x}")),
+                self.0
+            )));
+        }
+        Ok(req)
+    }
+}
+
+/// A `Peer` service client whose requests name their target member.
+pub type PeerRpc = PeerClient<InterceptedService<Channel, ToMember>>;
+
+/// A gRPC client for the `Peer` service of member `target`, with keel's message-size limits.
+pub fn peer_client(channel: Channel, target: NodeId) -> PeerRpc {
+    PeerClient::with_interceptor(channel, ToMember(target))
         .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX)
 }
@@ -127,7 +179,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             .peer_urls
             .first()
             .and_then(|url| peer_channel(url).ok())
-            .map(peer_client);
+            .map(|channel| peer_client(channel, target));
         PeerConn {
             target,
             client,
@@ -139,7 +191,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 /// The connection to one peer.
 pub struct PeerConn {
     target: NodeId,
-    client: Option<PeerClient<Channel>>,
+    client: Option<PeerRpc>,
     append_timeout: Duration,
 }
 

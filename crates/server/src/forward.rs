@@ -14,11 +14,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures::channel::mpsc;
 use futures::Stream;
-use keel_api::keelpb::peer_client::PeerClient;
 use keel_api::keelpb::{ForwardRequest, ForwardResponse, InternalResponse};
-use keel_raft::NodeId;
+use keel_raft::{NodeId, PeerRpc};
 use tokio::sync::oneshot;
-use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 
 use crate::propose::Proposer;
@@ -39,7 +37,7 @@ struct Link {
 }
 
 impl Link {
-    fn open(mut client: PeerClient<Channel>) -> Self {
+    fn open(mut client: PeerRpc) -> Self {
         let (requests, rx) = mpsc::unbounded();
         let pending: Pending = Arc::new(Mutex::new(Some(BTreeMap::new())));
         let routes = pending.clone();
@@ -105,12 +103,7 @@ pub struct Forwarder {
 impl Forwarder {
     /// Sends one write to `leader` and waits for its answer: the applied response, or the
     /// status the leader (or the broken stream) gave.
-    pub async fn forward(
-        &self,
-        leader: NodeId,
-        client: PeerClient<Channel>,
-        req: ForwardRequest,
-    ) -> Answer {
+    pub async fn forward(&self, leader: NodeId, client: PeerRpc, req: ForwardRequest) -> Answer {
         let id = req
             .request
             .as_ref()

@@ -14,11 +14,10 @@ use std::time::Duration;
 
 use keel_api::error::{EtcdError, CODE_OK};
 use keel_api::keelpb::internal_response::Response as Applied;
-use keel_api::keelpb::peer_client::PeerClient;
 use keel_api::keelpb::{
     internal_request, ForwardRequest, InternalRequest, InternalResponse, ReadIndexRequest,
 };
-use keel_raft::{peer_channel, peer_client, KeelRaft, Member, NodeId, RaftError};
+use keel_raft::{peer_channel, peer_client, KeelRaft, Member, NodeId, PeerRpc, RaftError};
 use prost::Message;
 use tokio::sync::oneshot;
 // tokio's clock, not the wall clock: the simulation drives it.
@@ -195,7 +194,7 @@ impl Proposer {
     async fn on_leader<T, U, LF, RF>(
         &self,
         local: impl Fn() -> LF,
-        remote: impl Fn(NodeId, PeerClient<Channel>) -> RF,
+        remote: impl Fn(NodeId, PeerRpc) -> RF,
     ) -> Result<Routed<T, U>, EtcdError>
     where
         LF: Future<Output = Result<T, RaftError>>,
@@ -208,7 +207,7 @@ impl Proposer {
             let gave_up = match local().await {
                 Ok(value) => return Ok(Routed::Local(value)),
                 Err(RaftError::ForwardTo { leader, member }) => {
-                    match remote(leader, peer_client(self.peer(leader, &member)?)).await {
+                    match remote(leader, peer_client(self.peer(leader, &member)?, leader)).await {
                         Ok(value) => return Ok(Routed::Remote(value)),
                         Err(s) if not_delivered(&s) => status_to_error(&s),
                         Err(s) => return Err(status_to_error(&s)),
@@ -274,7 +273,7 @@ impl Proposer {
 
     /// `None` when this member leads; otherwise a client for the leader's peer service.
     /// Waits (bounded) for an election when no leader is known.
-    pub async fn leader_peer(&self) -> Result<Option<PeerClient<Channel>>, EtcdError> {
+    pub async fn leader_peer(&self) -> Result<Option<PeerRpc>, EtcdError> {
         let (leads, mut leader) = self.raft.leadership();
         if leads {
             return Ok(None);
@@ -304,7 +303,7 @@ impl Proposer {
                 self.peer(leader, &member.member)?
             }
         };
-        Ok(Some(peer_client(channel)))
+        Ok(Some(peer_client(channel, leader)))
     }
 
     /// Serves a peer's ReadIndex request: only the leader answers.

@@ -268,3 +268,41 @@ async fn a_new_member_serves_clients_only_once_its_attributes_are_published() {
         node.stop().await;
     }
 }
+
+/// Peer requests name the member they are for, and a member refuses one meant for another:
+/// when an address is reused (a member moved, or another cluster runs on the same host), a
+/// stranger's candidate must not win this member's vote, nor its leader append to this log.
+/// (Two test clusters that briefly shared a port showed exactly that: a member voted for, and
+/// then followed, the other cluster's candidate.)
+#[tokio::test]
+async fn a_member_refuses_peer_requests_meant_for_another_member() {
+    let cluster = TestCluster::start(3, &[]).await;
+    let leader = cluster.wait_for_leader().await;
+    let target = cluster.followers(leader)[0];
+    let id = cluster.member_id(target);
+    let channel = keel_raft::peer_channel(&cluster.peer_url(target)).expect("peer channel");
+    let empty = || keel_api::keelpb::RaftMessage {
+        payload: Vec::new(),
+    };
+
+    let mut stranger = keel_raft::peer_client(channel.clone(), id ^ 1);
+    let refused = stranger
+        .vote(empty())
+        .await
+        .expect_err("vote for another member");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused}");
+    assert!(refused.message().contains(&format!("{id:x}")), "{refused}");
+    let refused = stranger
+        .append_entries(empty())
+        .await
+        .expect_err("append for another member");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused}");
+
+    // Addressed to the right member, the request reaches Raft, which refuses the empty
+    // payload for what it is.
+    let mut member = keel_raft::peer_client(channel, id);
+    let decoded = member.vote(empty()).await.expect_err("empty vote payload");
+    assert_ne!(decoded.code(), tonic::Code::FailedPrecondition, "{decoded}");
+    assert_eq!(cluster.wait_for_leader().await, leader, "nothing moved");
+    cluster.shutdown().await;
+}

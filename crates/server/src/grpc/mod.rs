@@ -26,7 +26,8 @@ use keel_api::etcdserverpb::{
 use keel_api::keelpb::peer_server::PeerServer;
 use keel_api::v3electionpb::election_server::ElectionServer;
 use keel_api::v3lockpb::lock_server::LockServer;
-use keel_raft::PEER_MESSAGE_BYTES_MAX;
+use keel_raft::{ForMember, PEER_MESSAGE_BYTES_MAX};
+use tonic::service::interceptor::InterceptedService;
 use tonic::service::Routes;
 
 use crate::server::Server;
@@ -88,5 +89,5 @@ pub fn peer_routes(server: &Arc<Server>) -> Routes {
     })
     .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
     .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
-    Routes::new(peer)
+    Routes::new(InterceptedService::new(peer, ForMember(server.member_id)))
 }
