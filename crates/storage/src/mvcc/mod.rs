@@ -146,9 +146,9 @@ impl Store {
         let mut txn = backend.begin_write()?;
         if txn.get(Table::Meta, META_FORMAT)?.is_none() {
             init_meta(&mut *txn)?;
+            txn.commit(true)?;
         }
-        let index = load_index(&*txn)?;
-        txn.commit(true)?;
+        let index = load_index(&*backend.begin_read()?)?;
         Ok(Store {
             backend,
             index: RwLock::new(SharedIndex::new(index)),
