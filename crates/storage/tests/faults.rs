@@ -233,8 +233,7 @@ fn bit_flipped_in_a_value_in_the_redb_file_is_never_served() -> Result<()> {
     )
 }
 
-/// A flipped key would otherwise pass unnoticed: the version record's own CRC covers only
-/// the value.
+/// The same for a flipped key, which the index build would otherwise file under another name.
 #[test]
 fn bit_flipped_in_a_key_in_the_redb_file_is_never_served() -> Result<()> {
     flip_on_disk(

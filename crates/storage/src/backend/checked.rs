@@ -8,10 +8,9 @@
 //! Why here and not only in the engine: redb checksums its pages (a Merkle tree of XXH3-128)
 //! but verifies them only when it repairs a file after an unclean shutdown or when asked
 //! (`check_integrity`), not on ordinary reads, so a bit flipped on disk (or by a faulty read
-//! path) after a commit would be served as data. keel's version records carry their own
-//! CRC32C, but that covers neither the key nor the other tables (revision index, revision
-//! metadata, Raft state, leases). One check at the seam covers all of them for 4 bytes per
-//! entry and a hardware CRC over bytes that are being copied anyway.
+//! path) after a commit would be served as data. One check at the seam covers every table
+//! (key versions, revision metadata, Raft state, leases) for 4 bytes per entry and a hardware
+//! CRC over bytes that are being copied anyway.
 
 use std::sync::Arc;
 

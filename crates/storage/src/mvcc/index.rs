@@ -40,7 +40,7 @@ pub(crate) struct KeyIndex {
 }
 
 /// The index shared by a store's readers and its one writer at a time.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub(crate) struct SharedIndex(Arc<RwLock<KeyIndex>>);
 
 impl SharedIndex {
@@ -48,7 +48,7 @@ impl SharedIndex {
         SharedIndex(Arc::new(RwLock::new(index)))
     }
 
-    // A panic while the lock was held stops the member anyway; readers need not add one.
+    // Nothing that can panic runs under the lock, so a poisoned lock guards a whole index.
     pub(crate) fn read(&self) -> RwLockReadGuard<'_, KeyIndex> {
         self.0.read().unwrap_or_else(PoisonError::into_inner)
     }

@@ -18,29 +18,29 @@ pub struct WriteBatch {
     txn: Box<dyn WriteTxn>,
     revs: Revs,
     committed_current: i64,
-    index: IndexUndo,
+    index: BatchIndex,
 }
 
 /// Adds a batch's versions to the shared key index, and takes them out again unless the
 /// batch commits. Readers never see them before: their revisions are above every read's.
-struct IndexUndo {
-    index: SharedIndex,
+struct BatchIndex {
+    shared: SharedIndex,
     above: i64,
     touched: Vec<Vec<u8>>,
     committed: bool,
 }
 
-impl IndexUndo {
+impl BatchIndex {
     fn push(&mut self, key: &[u8], version: Version) {
-        self.index.write().push(key, version);
+        self.shared.write().push(key, version);
         self.touched.push(key.to_vec());
     }
 }
 
-impl Drop for IndexUndo {
+impl Drop for BatchIndex {
     fn drop(&mut self) {
         if !self.committed && !self.touched.is_empty() {
-            self.index.write().roll_back(&self.touched, self.above);
+            self.shared.write().roll_back(&self.touched, self.above);
         }
     }
 }
@@ -52,8 +52,8 @@ impl WriteBatch {
             txn,
             revs,
             committed_current: revs.current,
-            index: IndexUndo {
-                index,
+            index: BatchIndex {
+                shared: index,
                 above: revs.current,
                 touched: Vec::new(),
                 committed: false,
@@ -86,7 +86,7 @@ impl WriteBatch {
     pub fn range(&self, key: &[u8], range_end: &[u8], opts: RangeOptions) -> Result<RangeResult> {
         read::range(
             &*self.txn,
-            &self.index.index,
+            &self.index.shared,
             key,
             range_end,
             opts,
@@ -121,7 +121,7 @@ impl WriteBatch {
 
     /// The keys attached to `lease` (including this batch's changes), in key order.
     pub fn attached_keys(&self, lease: i64) -> Vec<Vec<u8>> {
-        let index = self.index.index.read();
+        let index = self.index.shared.read();
         index.attached(lease).map(<[u8]>::to_vec).collect()
     }
 
@@ -213,7 +213,7 @@ impl TxnWriter<'_> {
     /// create revision is kept; after a delete (or on a new key) a new generation starts
     /// with version 1 and create revision = this revision.
     pub fn put(&mut self, key: &[u8], value: &[u8], lease: i64) -> Result<Option<KeyValue>> {
-        let prev = live_at(&*self.batch.txn, &self.batch.index.index, key, self.main)?;
+        let prev = live_at(&*self.batch.txn, &self.batch.index.shared, key, self.main)?;
         let (create_revision, version) = match &prev {
             Some(p) => (p.create_revision, p.version + 1),
             None => (self.main, 1),
@@ -240,7 +240,7 @@ impl TxnWriter<'_> {
     pub fn delete_range(&mut self, key: &[u8], range_end: &[u8]) -> Result<Vec<KeyValue>> {
         let mut revisions = Vec::new();
         visit_live_at(
-            &self.batch.index.index.read(),
+            &self.batch.index.shared.read(),
             key,
             range_end,
             self.main,
