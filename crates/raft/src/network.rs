@@ -26,6 +26,7 @@ use openraft::raft::{
 use openraft::{RaftNetworkFactory, RaftNetworkV2};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
@@ -113,18 +114,19 @@ pub fn peer_channel(url: &str) -> Result<Channel, tonic::transport::Error> {
 /// leader.
 pub const TO_MEMBER_HEADER: &str = "x-keel-to";
 
-/// Adds [`TO_MEMBER_HEADER`] to every request of a peer client.
-#[derive(Clone, Copy, Debug)]
-pub struct ToMember(pub NodeId);
+/// Adds [`TO_MEMBER_HEADER`] (the member id in decimal) to every request of a peer client.
+#[derive(Clone, Debug)]
+pub struct ToMember(MetadataValue<Ascii>);
+
+impl ToMember {
+    pub fn new(target: NodeId) -> Self {
+        Self(MetadataValue::from(target))
+    }
+}
 
 impl tonic::service::Interceptor for ToMember {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        req.metadata_mut().insert(
-            TO_MEMBER_HEADER,
-            format!("{:x}", self.0)
-                .parse()
-                .map_err(|_| tonic::Status::internal("member id header"))?,
-        );
+        req.metadata_mut().insert(TO_MEMBER_HEADER, self.0.clone());
         Ok(req)
     }
 }
@@ -139,10 +141,7 @@ impl tonic::service::Interceptor for ForMember {
         let Some(to) = req.metadata().get(TO_MEMBER_HEADER) else {
             return Ok(req);
         };
-        let to = to
-            .to_str()
-            .ok()
-            .and_then(|s| u64::from_str_radix(s, 16).ok());
+        let to = to.to_str().ok().and_then(|s| s.parse::<NodeId>().ok());
         if to != Some(self.0) {
             return Err(tonic::Status::failed_precondition(format!(
                 "request for member {} reached member {:x}",
@@ -159,7 +158,7 @@ pub type PeerRpc = PeerClient<InterceptedService<Channel, ToMember>>;
 
 /// A gRPC client for the `Peer` service of member `target`, with keel's message-size limits.
 pub fn peer_client(channel: Channel, target: NodeId) -> PeerRpc {
-    PeerClient::with_interceptor(channel, ToMember(target))
+    PeerClient::with_interceptor(channel, ToMember::new(target))
         .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX)
 }

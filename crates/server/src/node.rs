@@ -21,7 +21,7 @@ use futures::{Stream, TryStreamExt};
 use keel_api::keelpb::internal_request::Request as Command;
 use keel_api::keelpb::MemberAttributes;
 use keel_raft::{KeelRaft, MemLog, MemLogDisk, Member, RaftConfig};
-use keel_storage::{Backend, RedbBackend, Store};
+use keel_storage::{Backend, RedbBackend, Store, COMPACT_STEP_VERSIONS};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -47,8 +47,6 @@ const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 const STOP_GRACE: Duration = Duration::from_secs(2);
 /// Longest wait for a stopped member's store to close.
 const RELEASE_WAIT: Duration = Duration::from_secs(5);
-/// Keys per physical compaction step; small so apply never waits long for the write lock.
-const COMPACT_STEP_KEYS: usize = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -607,7 +605,7 @@ async fn maintain_simulated_store(
         }
         let result = (|| -> Result<(), keel_storage::StorageError> {
             while store.compaction_pending()? {
-                if store.compact_step(COMPACT_STEP_KEYS)? {
+                if store.compact_step(COMPACT_STEP_VERSIONS)? {
                     break;
                 }
             }
@@ -672,7 +670,7 @@ async fn maintain_store(
             tokio::task::spawn_blocking(move || -> Result<(), keel_storage::StorageError> {
                 while store.compaction_pending()? {
                     keel_raft::crash_point!("compact::before_step");
-                    let done = store.compact_step(COMPACT_STEP_KEYS)?;
+                    let done = store.compact_step(COMPACT_STEP_VERSIONS)?;
                     keel_raft::crash_point!("compact::after_step");
                     if done {
                         break;

@@ -20,5 +20,5 @@ pub use backend::{
 pub use error::{Result, StorageError};
 pub use mvcc::{
     Event, EventKind, KeyValue, KvHash, RangeOptions, RangeResult, ReadView, Revision, Store,
-    TxnOutcome, TxnWriter, WriteBatch, COMPACT_STEP_KEYS, INITIAL_REVISION, NEVER_COMPACTED,
+    TxnOutcome, TxnWriter, WriteBatch, COMPACT_STEP_VERSIONS, INITIAL_REVISION, NEVER_COMPACTED,
 };

@@ -17,8 +17,8 @@ use super::{load_revs, Store, META_COMPACT_CURSOR};
 use crate::backend::{Direction, ReadTxn, Table};
 use crate::error::Result;
 
-/// Versions examined per step by [`Store::compact`].
-pub const COMPACT_STEP_KEYS: usize = 1000;
+/// Versions examined per compaction step; small so apply never waits long for the write lock.
+pub const COMPACT_STEP_VERSIONS: usize = 1000;
 
 /// What one compaction step removes and where the next one resumes.
 struct StepPlan {
@@ -69,7 +69,7 @@ impl Store {
         let mut batch = self.write()?;
         batch.schedule_compaction(revision)?;
         batch.commit(false)?;
-        while !self.compact_step(COMPACT_STEP_KEYS)? {}
+        while !self.compact_step(COMPACT_STEP_VERSIONS)? {}
         Ok(())
     }
 

@@ -45,7 +45,7 @@ use std::ops::Bound;
 use std::path::Path;
 use std::sync::{Arc, PoisonError, RwLock};
 
-pub use compact::COMPACT_STEP_KEYS;
+pub use compact::COMPACT_STEP_VERSIONS;
 pub use types::{
     Event, EventKind, KeyValue, KvHash, RangeOptions, RangeResult, Revision, TxnOutcome,
 };

@@ -17,7 +17,6 @@ use crate::error::{Result, StorageError};
 pub struct WriteBatch {
     txn: Box<dyn WriteTxn>,
     revs: Revs,
-    committed_current: i64,
     index: BatchIndex,
 }
 
@@ -25,6 +24,7 @@ pub struct WriteBatch {
 /// batch commits. Readers never see them before: their revisions are above every read's.
 struct BatchIndex {
     shared: SharedIndex,
+    /// The revision committed before the batch began.
     above: i64,
     touched: Vec<Vec<u8>>,
     committed: bool,
@@ -51,7 +51,6 @@ impl WriteBatch {
         Ok(WriteBatch {
             txn,
             revs,
-            committed_current: revs.current,
             index: BatchIndex {
                 shared: index,
                 above: revs.current,
@@ -154,10 +153,9 @@ impl WriteBatch {
         let WriteBatch {
             mut txn,
             revs,
-            committed_current,
             mut index,
         } = self;
-        if revs.current != committed_current {
+        if revs.current != index.above {
             txn.put(Table::Meta, META_CURRENT, &encode_i64(revs.current))?;
         }
         txn.commit(durable)?;
