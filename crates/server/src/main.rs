@@ -24,13 +24,11 @@ fn init_logging(format: &str) {
 }
 
 fn main() -> std::process::ExitCode {
-    // Without tokio's LIFO slot a task woken by another runs after the tasks already queued
-    // instead of next. That is what lets HTTP/2 coalesce writes: when one apply answers many
-    // requests (or one revision reaches many watch streams), every stream hands its frame to
-    // the connection before the connection task runs and writes them all with one send,
-    // rather than one send per frame. Measured on three members: put/c256 +20%, put/c16
-    // +14%, lock/c16-m16 +32%; sends per watched revision with 100 watchers on one
-    // connection 98 -> 33. (`disable_lifo_slot` needs tokio_unstable, see .cargo/config.toml.)
+    // No LIFO slot: a woken task queues behind the tasks already runnable instead of running
+    // next, so when one apply answers many requests (or one revision reaches many watch
+    // streams) every stream hands its frame to HTTP/2 before the connection task runs, and
+    // that task writes them together instead of one send per frame. Measured in
+    // docs/architecture.md ("Scheduler"); needs tokio_unstable (.cargo/config.toml).
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all().disable_lifo_slot();
     let runtime = match builder.build() {
