@@ -540,9 +540,14 @@ struct Observers {
 }
 
 impl ApplyObserver for Observers {
+    fn wants_prev_kv(&self) -> bool {
+        self.watch_hub.has_prev_kv_watchers()
+    }
+
     fn committed(&self, batch: &Committed) {
         if !batch.revisions.is_empty() {
-            self.watch_hub.publish(&batch.revisions);
+            self.watch_hub
+                .publish(&batch.revisions, batch.put_prev_kv_omitted);
         }
         self.leases.committed(batch);
     }

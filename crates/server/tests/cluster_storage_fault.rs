@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::*;
-use keel_api::etcdserverpb::RangeRequest;
+use keel_api::etcdserverpb::{PutRequest, RangeRequest};
 use keel_storage::{Fault, FaultSpec, Table};
 
 /// Puts `count` keys `prefix/NNN` through member `via` (retrying what clients retry) and
@@ -22,10 +22,22 @@ async fn write_keys(
     count: usize,
     acked: &mut BTreeMap<String, String>,
 ) {
+    write_keys_with(cluster, via, prefix, count, acked, put_req).await
+}
+
+/// [`write_keys`] with the put request `request(key, value)` builds.
+async fn write_keys_with(
+    cluster: &TestCluster,
+    via: usize,
+    prefix: &str,
+    count: usize,
+    acked: &mut BTreeMap<String, String>,
+    request: impl Fn(&str, &str) -> PutRequest,
+) {
     let mut kv = cluster.kv(via);
     for n in 0..count {
         let (key, value) = (format!("{prefix}/{n:03}"), format!("v{n}"));
-        put_retrying(&mut kv, &key, &value).await;
+        put_req_retrying(&mut kv, request(&key, &value)).await;
         acked.insert(key, value);
     }
 }
@@ -191,8 +203,12 @@ async fn flipped_bits_are_never_served_and_stop_the_member_that_applies_them() {
         times: u64::MAX,
         ..FaultSpec::once(Fault::FlipValueBit)
     });
-    // Overwriting keys makes apply read their previous versions.
-    write_keys(&cluster, leader, "k", 10, &mut acked).await;
+    // Overwrites asking for prev_kv make apply on every member read the previous versions.
+    let with_prev_kv = |key: &str, value: &str| PutRequest {
+        prev_kv: true,
+        ..put_req(key, value)
+    };
+    write_keys_with(&cluster, leader, "k", 10, &mut acked, with_prev_kv).await;
     let reason = assert_member_stopped(&cluster, follower).await;
     assert!(reason.contains("corrupt"), "{reason}");
     cluster.kill(follower).await;

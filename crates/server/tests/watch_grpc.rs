@@ -97,7 +97,8 @@ impl Fixture {
         }
         let outcome = txn.end();
         batch.commit(false).expect("commit");
-        self.hub.publish(&[(outcome.revision, outcome.events)]);
+        self.hub
+            .publish(&[(outcome.revision, outcome.events)], false);
         outcome.revision
     }
 
@@ -111,7 +112,8 @@ impl Fixture {
         txn.delete_range(key.as_bytes(), b"").expect("delete");
         let outcome = txn.end();
         batch.commit(false).expect("commit");
-        self.hub.publish(&[(outcome.revision, outcome.events)]);
+        self.hub
+            .publish(&[(outcome.revision, outcome.events)], false);
         outcome.revision
     }
 

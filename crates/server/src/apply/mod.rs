@@ -76,6 +76,9 @@ pub struct Committed {
     pub revisions: Vec<(i64, Vec<Event>)>,
     /// Leases granted and revoked, in order.
     pub leases: Vec<LeaseChange>,
+    /// Put events carry no `prev_kv`: the observer wanted none when the batch began
+    /// ([`ApplyObserver::wants_prev_kv`]). Delete events always carry it.
+    pub put_prev_kv_omitted: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,6 +90,9 @@ pub enum LeaseChange {
 /// Told about each apply batch after it is committed to the store (so whatever it reads from
 /// the store already includes the batch). Runs on the apply path: must not block.
 pub trait ApplyObserver: Send + Sync + 'static {
+    /// Whether put events should carry the key's previous version. Asked once per batch, on
+    /// the apply path; a batch applied without it says so in [`Committed`].
+    fn wants_prev_kv(&self) -> bool;
     fn committed(&self, batch: &Committed);
     /// The whole store was replaced by a snapshot now at `current_revision`.
     fn restored(&self, current_revision: i64);
@@ -101,6 +107,9 @@ impl Applier for KvApplier {
         let _guard = self.lock();
         let mut batch = self.store.write().map_err(io_error)?;
         let mut out = Committed::default();
+        let carry_prev_kv = self.observer.as_ref().is_some_and(|o| o.wants_prev_kv());
+        batch.put_events_carry_prev_kv(carry_prev_kv);
+        out.put_prev_kv_omitted = !carry_prev_kv;
         let mut responses = Vec::with_capacity(payloads.len());
         for payload in payloads {
             let response = match payload {

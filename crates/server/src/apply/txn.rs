@@ -44,10 +44,18 @@ pub fn put(txn: &mut TxnWriter<'_>, leases: &KnownLeases, req: &PutRequest) -> R
     } else {
         (req.value.clone(), req.lease)
     };
-    let prev = txn.put(&req.key, &value, lease).map_err(storage_error)?;
+    let prev_kv = if req.prev_kv {
+        txn.put(&req.key, &value, lease)
+            .map_err(storage_error)?
+            .map(to_pb)
+    } else {
+        txn.put_without_prev(&req.key, &value, lease)
+            .map_err(storage_error)?;
+        None
+    };
     Ok(PutResponse {
         header: None,
-        prev_kv: if req.prev_kv { prev.map(to_pb) } else { None },
+        prev_kv,
     })
 }
 

@@ -6,6 +6,7 @@
 //! `catchup.rs`, between two short lock sections).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use keel_api::error::EtcdError;
@@ -29,6 +30,9 @@ pub struct WatchHub {
     closed: tokio::sync::watch::Sender<bool>,
     /// The last published revision, for [`WatchHub::wait_published`].
     published: tokio::sync::watch::Sender<i64>,
+    /// Watchers created with `prev_kv` (the same counter as `HubState::prev_kv_watchers`),
+    /// read by apply without the hub lock.
+    prev_kv_watchers: Arc<AtomicUsize>,
 }
 
 /// Counts for tests and metrics.
@@ -52,6 +56,8 @@ pub(crate) struct HubState {
     pub(crate) streams: HashMap<StreamKey, StreamState>,
     /// Streams with a progress request not answered yet (some watcher was unsynced).
     progress_waiting: HashSet<StreamKey>,
+    /// How many of `watchers` asked for `prev_kv`; changed only with `watchers`.
+    prev_kv_watchers: Arc<AtomicUsize>,
 }
 
 pub(crate) struct Watcher {
@@ -128,6 +134,7 @@ impl WatchHub {
     /// synced watcher through catch-up, so neither loses an event).
     pub fn new(store: Arc<Store>, config: WatchConfig) -> Result<Arc<WatchHub>, StorageError> {
         let last_published = store.current_revision()?;
+        let prev_kv_watchers = Arc::new(AtomicUsize::new(0));
         Ok(Arc::new(WatchHub {
             store,
             config,
@@ -138,9 +145,11 @@ impl WatchHub {
                 synced: SyncedIndex::default(),
                 streams: HashMap::new(),
                 progress_waiting: HashSet::new(),
+                prev_kv_watchers: prev_kv_watchers.clone(),
             }),
             closed: tokio::sync::watch::Sender::new(false),
             published: tokio::sync::watch::Sender::new(last_published),
+            prev_kv_watchers,
         }))
     }
 
@@ -154,13 +163,23 @@ impl WatchHub {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether some watcher asked for `prev_kv`, so that apply should read the previous
+    /// version of every put for its event. Only a hint: a batch that began without it is
+    /// published with `put_prev_kv_omitted`, and its `prev_kv` watchers read it from history.
+    pub fn has_prev_kv_watchers(&self) -> bool {
+        self.prev_kv_watchers.load(Ordering::Relaxed) > 0
+    }
+
     /// Called by apply after each committed batch: one entry per revision that changed, in
     /// ascending order, each revision's events in order. Never blocks on a consumer: a
     /// synced watcher whose stream buffer is full is demoted to catch-up.
-    pub fn publish(&self, revisions: &[(i64, Vec<Event>)]) {
+    /// `put_prev_kv_omitted`: the put events carry no `prev_kv` (see
+    /// [`WatchHub::has_prev_kv_watchers`]); a synced `prev_kv` watcher that matches one goes
+    /// through catch-up, which reads history with `prev_kv`.
+    pub fn publish(&self, revisions: &[(i64, Vec<Event>)], put_prev_kv_omitted: bool) {
         let mut state = self.lock();
         for (revision, events) in revisions {
-            state.publish_revision(*revision, events);
+            state.publish_revision(*revision, events, put_prev_kv_omitted);
         }
         state.answer_waiting_progress();
         self.published.send_replace(state.last_published);
@@ -247,7 +266,7 @@ impl WatchHub {
 }
 
 impl HubState {
-    fn publish_revision(&mut self, revision: i64, events: &[Event]) {
+    fn publish_revision(&mut self, revision: i64, events: &[Event], put_prev_kv_omitted: bool) {
         if revision <= self.last_published {
             tracing::debug!(
                 revision,
@@ -276,12 +295,18 @@ impl HubState {
             });
         }
         for (watcher, events) in batches {
-            self.offer_synced(watcher, revision, events);
+            self.offer_synced(watcher, revision, events, put_prev_kv_omitted);
         }
     }
 
     /// Queues one revision's events for a synced watcher, or demotes it if its stream is full.
-    fn offer_synced(&mut self, key: WatcherKey, revision: i64, events: Vec<Arc<Event>>) {
+    fn offer_synced(
+        &mut self,
+        key: WatcherKey,
+        revision: i64,
+        events: Vec<Arc<Event>>,
+        put_prev_kv_omitted: bool,
+    ) {
         let Some(watcher) = self.watchers.get_mut(&key) else {
             return;
         };
@@ -290,6 +315,12 @@ impl HubState {
         }
         let events: Vec<Arc<Event>> = events.into_iter().filter(|e| watcher.wants(e)).collect();
         if events.is_empty() {
+            return;
+        }
+        if put_prev_kv_omitted && watcher.prev_kv && events.iter().any(|e| e.kind == EventKind::Put)
+        {
+            // Apply began this batch before the watcher existed; history has the prev_kv.
+            self.demote(key, revision);
             return;
         }
         let Some(stream) = self.streams.get(&watcher.stream) else {
@@ -357,6 +388,9 @@ impl HubState {
     /// Removes a watcher from the hub (not from its stream's ID table).
     fn remove_watcher(&mut self, key: WatcherKey) -> Option<Watcher> {
         let watcher = self.watchers.remove(&key)?;
+        if watcher.prev_kv {
+            self.prev_kv_watchers.fetch_sub(1, Ordering::Relaxed);
+        }
         if watcher.synced {
             self.synced.remove(key, &watcher.range);
         } else if let Some(stream) = self.streams.get_mut(&watcher.stream) {
@@ -476,6 +510,9 @@ impl StreamHandle {
         // revision (even one already compacted: catch-up reports that) catches up first.
         let from_now = request.start_revision == 0;
         let synced = from_now || request.start_revision > revision;
+        if request.prev_kv {
+            state.prev_kv_watchers.fetch_add(1, Ordering::Relaxed);
+        }
         state.watchers.insert(
             key,
             Watcher {

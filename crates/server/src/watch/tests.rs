@@ -44,7 +44,7 @@ impl Fixture {
         let (revision, events) = self.commit(|t| {
             t.put(key.as_bytes(), value.as_bytes(), 0).expect("put");
         });
-        self.hub.publish(&[(revision, events)]);
+        self.hub.publish(&[(revision, events)], false);
         revision
     }
 
@@ -52,7 +52,7 @@ impl Fixture {
         let (revision, events) = self.commit(|t| {
             t.delete_range(key.as_bytes(), b"").expect("delete");
         });
-        self.hub.publish(&[(revision, events)]);
+        self.hub.publish(&[(revision, events)], false);
         revision
     }
 
@@ -597,8 +597,8 @@ fn duplicate_publish_is_ignored_and_a_gap_is_filled_from_the_store() {
     let (r1, e1) = f.commit(|t| {
         t.put(b"k", b"1", 0).expect("put");
     });
-    f.hub.publish(&[(r1, e1.clone())]);
-    f.hub.publish(&[(r1, e1)]);
+    f.hub.publish(&[(r1, e1.clone())], false);
+    f.hub.publish(&[(r1, e1)], false);
     // r2 is committed but never published; r3's publish reveals the gap.
     let (r2, _) = f.commit(|t| {
         t.put(b"k", b"2", 0).expect("put");
@@ -636,6 +636,81 @@ fn fragment_and_prev_kv_flags_reach_the_message() {
     ));
 }
 
+/// The `prev_kv` of each event in the events messages, as strings.
+fn prev_values(messages: &[WatchMessage]) -> Vec<Option<String>> {
+    messages
+        .iter()
+        .filter_map(|m| match m {
+            WatchMessage::Events {
+                events,
+                prev_kv: true,
+                ..
+            } => Some(events),
+            _ => None,
+        })
+        .flatten()
+        .map(|e| {
+            e.prev_kv
+                .as_ref()
+                .map(|p| String::from_utf8_lossy(&p.value).into_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn a_prev_kv_watcher_gets_a_put_published_without_prev_kv_from_history() {
+    let f = Fixture::new(config());
+    f.put("k", "v1");
+    let plain = f.hub.open_stream();
+    create(&plain, &watch("k", 0));
+    assert!(!f.hub.has_prev_kv_watchers());
+    let stream = f.hub.open_stream();
+    let id = create(
+        &stream,
+        &CreateWatch {
+            prev_kv: true,
+            ..watch("k", 0)
+        },
+    );
+    assert!(f.hub.has_prev_kv_watchers());
+    // What apply does when its batch began before the watcher existed.
+    let mut batch = f.store.write().expect("write");
+    batch.put_events_carry_prev_kv(false);
+    let mut txn = batch.begin_txn();
+    txn.put_without_prev(b"k", b"v2", 0).expect("put");
+    let outcome = txn.end();
+    batch.commit(false).expect("commit");
+    assert_eq!(outcome.events[0].prev_kv, None);
+    f.hub.publish(&[(outcome.revision, outcome.events)], true);
+    assert_eq!(
+        revisions(&drain(&plain)),
+        vec![outcome.revision],
+        "watchers without prev_kv are served as published"
+    );
+    assert_eq!(f.hub.stats().unsynced, 1, "the prev_kv watcher catches up");
+    let messages = drain(&stream);
+    assert_eq!(revisions(&messages), vec![outcome.revision]);
+    assert_eq!(prev_values(&messages), vec![Some("v1".to_string())]);
+    assert_eq!(f.hub.stats().unsynced, 0, "joined again");
+    // Later revisions reach it live, with the prev_kv the batch carried.
+    let r3 = f.put("k", "v3");
+    let messages = drain(&stream);
+    assert_eq!(revisions(&messages), vec![r3]);
+    assert_eq!(prev_values(&messages), vec![Some("v2".to_string())]);
+    stream.cancel(id);
+    assert!(matches!(stream.pop(), Some(WatchMessage::Canceled { .. })));
+    assert!(!f.hub.has_prev_kv_watchers());
+    create(
+        &stream,
+        &CreateWatch {
+            prev_kv: true,
+            ..watch("k", 0)
+        },
+    );
+    drop(stream);
+    assert!(!f.hub.has_prev_kv_watchers(), "dropped with its stream");
+}
+
 #[tokio::test]
 async fn wait_published_returns_once_the_revision_is_published_and_fails_on_shutdown() {
     let f = Fixture::new(config());
@@ -656,7 +731,7 @@ async fn wait_published_returns_once_the_revision_is_published_and_fails_on_shut
         !waiter.is_finished(),
         "returned before the revision was published"
     );
-    f.hub.publish(&[(revision, events)]);
+    f.hub.publish(&[(revision, events)], false);
     tokio::time::timeout(Duration::from_secs(5), waiter)
         .await
         .expect("woken by publish")

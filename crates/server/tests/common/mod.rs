@@ -587,12 +587,18 @@ pub async fn put(kv: &mut KvClient<Channel>, key: &str, value: &str) -> PutRespo
 /// leader, leader changed, timed out, member unreachable. For bulk writes whose exact revision
 /// does not matter; a retried put may have been applied twice (same key, same value).
 pub async fn put_retrying(kv: &mut KvClient<Channel>, key: &str, value: &str) -> PutResponse {
+    put_req_retrying(kv, put_req(key, value)).await
+}
+
+/// [`put_retrying`] for any put request.
+pub async fn put_req_retrying(kv: &mut KvClient<Channel>, req: PutRequest) -> PutResponse {
+    let key = String::from_utf8_lossy(&req.key).into_owned();
     let what = format!("put {key}");
     eventually(&what, LEADER_WAIT, async || {
-        match kv.put(put_req(key, value)).await {
+        match kv.put(req.clone()).await {
             Ok(resp) => Ok(resp.into_inner()),
             Err(s) if is_retryable(&s) => {
-                tracing::warn!(key, code = ?s.code(), message = s.message(), "retrying put");
+                tracing::warn!(key = %key, code = ?s.code(), message = s.message(), "retrying put");
                 Err(format!("{:?}: {}", s.code(), s.message()))
             }
             Err(s) => panic!("{what}: unexpected error {:?}: {}", s.code(), s.message()),

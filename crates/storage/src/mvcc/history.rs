@@ -83,7 +83,7 @@ pub(crate) fn events<R: ReadTxn + ?Sized>(
             .map(|(event, rev)| {
                 index
                     .before(&event.kv.key, *rev)
-                    .filter(|v| !v.tombstone)
+                    .filter(|v| !v.tombstone())
                     .map(|v| v.rev)
             })
             .collect::<Vec<_>>()

@@ -10,22 +10,50 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use super::encoding::VersionRecord;
 use super::types::Revision;
 use crate::error::{Result, StorageError};
 
-/// One stored version of a key.
+/// One stored version of a key, with the numbers a put of the key's next version needs, so
+/// that a put reads nothing from the backend (etcd's `keyIndex` keeps them the same way).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Version {
     pub(crate) rev: Revision,
-    pub(crate) tombstone: bool,
     /// The lease the version is attached to (0 for none, and for a tombstone).
     pub(crate) lease: i64,
+    /// The revision that created this generation of the key (0 for a tombstone).
+    pub(crate) create_revision: i64,
+    /// The version within the generation: 1 for its first put; 0 means a tombstone.
+    pub(crate) version: i64,
 }
 
 impl Version {
+    /// The index entry of the stored version `record` at `rev`.
+    pub(crate) fn of(rev: Revision, record: &VersionRecord<'_>) -> Version {
+        if record.tombstone {
+            return Version {
+                rev,
+                lease: 0,
+                create_revision: 0,
+                version: 0,
+            };
+        }
+        Version {
+            rev,
+            lease: record.lease,
+            create_revision: record.create_revision,
+            // A live version is at least 1 (a put writes its generation's count from 1 up).
+            version: record.version.max(1),
+        }
+    }
+
+    pub(crate) fn tombstone(&self) -> bool {
+        self.version == 0
+    }
+
     /// The lease a key whose newest version is this one is attached to, if any.
     pub(crate) fn attached_to(&self) -> Option<i64> {
-        (!self.tombstone && self.lease != 0).then_some(self.lease)
+        (!self.tombstone() && self.lease != 0).then_some(self.lease)
     }
 }
 
@@ -111,7 +139,7 @@ impl KeyIndex {
         visit: &mut dyn FnMut(&[u8], Revision) -> bool,
     ) {
         for (key, versions) in self.keys.range::<[u8], _>(bounds) {
-            let live = visible(versions, at_main).filter(|v| !v.tombstone);
+            let live = visible(versions, at_main).filter(|v| !v.tombstone());
             if live.is_some_and(|v| !visit(key, v.rev)) {
                 return;
             }
@@ -183,7 +211,7 @@ impl KeyIndex {
     /// A version the index does not know is not needed by any read.
     pub(crate) fn doomed(&self, key: &[u8], rev: Revision, compact_main: i64) -> bool {
         match self.visible(key, compact_main) {
-            Some(kept) => rev < kept.rev || (rev == kept.rev && kept.tombstone),
+            Some(kept) => rev < kept.rev || (rev == kept.rev && kept.tombstone()),
             None => true,
         }
     }
@@ -220,8 +248,9 @@ mod tests {
     fn leased(main: i64, tombstone: bool, lease: i64) -> Version {
         Version {
             rev: Revision { main, sub: 0 },
-            tombstone,
-            lease,
+            lease: if tombstone { 0 } else { lease },
+            create_revision: if tombstone { 0 } else { main },
+            version: if tombstone { 0 } else { 1 },
         }
     }
 

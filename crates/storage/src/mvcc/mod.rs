@@ -116,15 +116,7 @@ fn load_index<R: ReadTxn + ?Sized>(txn: &R) -> Result<KeyIndex> {
     txn.scan(Table::Kv, all, Direction::Forward, &mut |k, v| {
         let rev = parse_revision_key(k)?;
         let (key, record) = decode_entry(v)?;
-        let (tombstone, lease) = (record.tombstone, record.lease);
-        index.push(
-            key,
-            Version {
-                rev,
-                tombstone,
-                lease,
-            },
-        );
+        index.push(key, Version::of(rev, &record));
         Ok(true)
     })?;
     Ok(index)

@@ -51,20 +51,6 @@ pub(crate) fn kv_at<R: ReadTxn + ?Sized>(
     Ok(to_key_value(key, rev, &record, keys_only))
 }
 
-/// The live version of `key` at `at_main`, if it exists there.
-pub(crate) fn live_at<R: ReadTxn + ?Sized>(
-    txn: &R,
-    index: &SharedIndex,
-    key: &[u8],
-    at_main: i64,
-) -> Result<Option<KeyValue>> {
-    let found = index.read().visible(key, at_main);
-    match found {
-        Some(version) if !version.tombstone => kv_at(txn, version.rev, false).map(Some),
-        _ => Ok(None),
-    }
-}
-
 /// Calls `visit(key, revision)` for every key of the etcd range `(key, range_end)` live at
 /// `at_main`, in key order, until it returns `false`: `range_end` empty is `key` alone,
 /// `[0]` is every key >= `key` (every key if `key` is also `[0]`), otherwise
@@ -77,7 +63,7 @@ pub(crate) fn visit_live_at(
     visit: &mut dyn FnMut(&[u8], Revision) -> bool,
 ) {
     let bounds = if range_end.is_empty() {
-        if let Some(version) = index.visible(key, at_main).filter(|v| !v.tombstone) {
+        if let Some(version) = index.visible(key, at_main).filter(|v| !v.tombstone()) {
             visit(key, version.rev);
         }
         return;

@@ -7,7 +7,7 @@
 
 use super::encoding::{encode_entry, encode_i64, revision_key, VersionRecord};
 use super::index::{SharedIndex, Version};
-use super::read::{self, kv_at, live_at, to_key_value, visit_live_at};
+use super::read::{self, kv_at, to_key_value, visit_live_at};
 use super::types::{Event, EventKind, KeyValue, RangeOptions, RangeResult, Revision, TxnOutcome};
 use super::{load_revs, Revs, META_COMPACT, META_COMPACT_CURSOR, META_CURRENT};
 use crate::backend::{Table, WriteTxn};
@@ -18,6 +18,8 @@ pub struct WriteBatch {
     txn: Box<dyn WriteTxn>,
     revs: Revs,
     index: BatchIndex,
+    /// Whether put events carry `prev_kv` (see [`WriteBatch::put_events_carry_prev_kv`]).
+    put_events_prev_kv: bool,
 }
 
 /// Adds a batch's versions to the shared key index, and takes them out again unless the
@@ -57,7 +59,17 @@ impl WriteBatch {
                 touched: Vec::new(),
                 committed: false,
             },
+            put_events_prev_kv: true,
         })
+    }
+
+    /// Whether the events of later puts in this batch carry the previous version (`prev_kv`;
+    /// on by default). Off, a put reads its previous version from the backend only when its
+    /// caller asks for it, and its event's `prev_kv` is `None` even if the key was live:
+    /// for a batch nobody watches with `prev_kv`, that read is most of a put's cost once the
+    /// key's page is not cached. Deletes always carry `prev_kv` (they read it anyway).
+    pub fn put_events_carry_prev_kv(&mut self, carry: bool) {
+        self.put_events_prev_kv = carry;
     }
 
     /// The current revision, including transactions already ended in this batch.
@@ -154,6 +166,7 @@ impl WriteBatch {
             mut txn,
             revs,
             mut index,
+            ..
         } = self;
         if revs.current != index.above {
             txn.put(Table::Meta, META_CURRENT, &encode_i64(revs.current))?;
@@ -195,15 +208,7 @@ impl TxnWriter<'_> {
         let rev = self.next_revision();
         let entry = encode_entry(key, record)?;
         self.batch.txn.put(Table::Kv, &revision_key(rev), &entry)?;
-        let (tombstone, lease) = (record.tombstone, record.lease);
-        self.batch.index.push(
-            key,
-            Version {
-                rev,
-                tombstone,
-                lease,
-            },
-        );
+        self.batch.index.push(key, Version::of(rev, record));
         Ok(rev)
     }
 
@@ -211,10 +216,40 @@ impl TxnWriter<'_> {
     /// create revision is kept; after a delete (or on a new key) a new generation starts
     /// with version 1 and create revision = this revision.
     pub fn put(&mut self, key: &[u8], value: &[u8], lease: i64) -> Result<Option<KeyValue>> {
-        let prev = live_at(&*self.batch.txn, &self.batch.index.shared, key, self.main)?;
-        let (create_revision, version) = match &prev {
-            Some(p) => (p.create_revision, p.version + 1),
+        self.put_reading_prev(key, value, lease, true)
+    }
+
+    /// [`put`](Self::put) for a caller that does not need the previous version: it is read
+    /// from the backend only if this batch's put events carry it
+    /// ([`WriteBatch::put_events_carry_prev_kv`]); everything else a put needs is in the
+    /// key index.
+    pub fn put_without_prev(&mut self, key: &[u8], value: &[u8], lease: i64) -> Result<()> {
+        self.put_reading_prev(key, value, lease, false).map(drop)
+    }
+
+    fn put_reading_prev(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        lease: i64,
+        return_prev: bool,
+    ) -> Result<Option<KeyValue>> {
+        let live = self
+            .batch
+            .index
+            .shared
+            .read()
+            .visible(key, self.main)
+            .filter(|v| !v.tombstone());
+        let (create_revision, version) = match live {
+            Some(v) => (v.create_revision, v.version + 1),
             None => (self.main, 1),
+        };
+        let prev = match live {
+            Some(v) if return_prev || self.batch.put_events_prev_kv => {
+                Some(kv_at(&*self.batch.txn, v.rev, false)?)
+            }
+            _ => None,
         };
         let record = VersionRecord {
             tombstone: false,
@@ -225,10 +260,15 @@ impl TxnWriter<'_> {
         };
         let rev = self.write_version(key, &record)?;
         let kv = to_key_value(key, rev, &record, false);
+        let prev_kv = if self.batch.put_events_prev_kv {
+            prev.clone()
+        } else {
+            None
+        };
         self.events.push(Event {
             kind: EventKind::Put,
             kv,
-            prev_kv: prev.clone(),
+            prev_kv,
         });
         Ok(prev)
     }

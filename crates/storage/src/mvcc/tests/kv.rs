@@ -2,7 +2,7 @@
 
 use super::{backend_tests, delete, get, keys, put, Fixture};
 use crate::error::{Result, StorageError};
-use crate::mvcc::{EventKind, RangeOptions, INITIAL_REVISION};
+use crate::mvcc::{EventKind, RangeOptions, Store, TxnOutcome, INITIAL_REVISION};
 
 backend_tests!(
     revisions_rise_once_per_writing_txn,
@@ -19,6 +19,7 @@ backend_tests!(
     events_replay_history_in_revision_order,
     meta_and_leases_commit_with_data,
     attached_keys_and_lease_lookup_see_the_batch,
+    put_without_prev_numbers_versions_from_the_index,
 );
 
 fn revisions_rise_once_per_writing_txn(f: &Fixture) -> Result<()> {
@@ -470,5 +471,72 @@ fn attached_keys_and_lease_lookup_see_the_batch(f: &Fixture) -> Result<()> {
     let now = store.read()?;
     assert!(now.attached_keys(1).is_empty());
     assert_eq!(now.attached_keys(2), vec![b"a".to_vec(), b"c".to_vec()]);
+    Ok(())
+}
+
+/// Puts `key` in its own batch without asking for the previous version; `carry` sets whether
+/// the batch's put events carry it.
+fn put_blind(store: &Store, key: &[u8], value: &[u8], carry: bool) -> Result<TxnOutcome> {
+    let mut batch = store.write()?;
+    batch.put_events_carry_prev_kv(carry);
+    let mut txn = batch.begin_txn();
+    txn.put_without_prev(key, value, 0)?;
+    let outcome = txn.end();
+    batch.commit(false)?;
+    Ok(outcome)
+}
+
+fn put_without_prev_numbers_versions_from_the_index(f: &Fixture) -> Result<()> {
+    let store = &f.store;
+    let r1 = put_blind(store, b"k", b"a", false)?.revision;
+    // Two txns of one batch: the second sees the first's version through the index.
+    let mut batch = store.write()?;
+    batch.put_events_carry_prev_kv(false);
+    for value in [&b"b"[..], b"c"] {
+        let mut txn = batch.begin_txn();
+        txn.put_without_prev(b"k", value, 0)?;
+        let event = txn.end().events.pop().expect("one event");
+        assert_eq!(event.prev_kv, None, "not read when nobody asks");
+    }
+    batch.commit(false)?;
+    let kv = get(store, b"k", 0)?.expect("live");
+    assert_eq!(
+        (kv.create_revision, kv.version, kv.value),
+        (r1, 3, b"c".to_vec())
+    );
+
+    // Events carry the previous version when the batch says so; `put` always returns it.
+    let outcome = put_blind(store, b"k", b"d", true)?;
+    let event = &outcome.events[0];
+    assert_eq!(event.prev_kv.as_ref().map(|p| p.version), Some(3));
+    assert_eq!((event.kv.create_revision, event.kv.version), (r1, 4));
+    let mut batch = store.write()?;
+    batch.put_events_carry_prev_kv(false);
+    let mut txn = batch.begin_txn();
+    let prev = txn.put(b"k", b"e", 0)?;
+    let outcome = txn.end();
+    batch.commit(false)?;
+    assert_eq!(prev.map(|p| p.value), Some(b"d".to_vec()));
+    assert_eq!(outcome.events[0].prev_kv, None);
+
+    // The generation's first versions compacted away, and the index rebuilt from storage:
+    // the numbers still come out right.
+    let current = store.current_revision()?;
+    store.compact(current)?;
+    let reopened = Store::open(f.backend.clone())?;
+    let outcome = put_blind(&reopened, b"k", b"f", false)?;
+    assert_eq!(
+        (
+            outcome.events[0].kv.create_revision,
+            outcome.events[0].kv.version
+        ),
+        (r1, 6)
+    );
+
+    // After a delete the next put starts a new generation.
+    delete(&reopened, b"k", &[])?;
+    let r9 = put_blind(&reopened, b"k", b"g", false)?.revision;
+    let kv = get(&reopened, b"k", 0)?.expect("recreated");
+    assert_eq!((kv.create_revision, kv.version), (r9, 1));
     Ok(())
 }
