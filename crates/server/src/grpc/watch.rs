@@ -1,21 +1,32 @@
 //! The etcd `Watch` service: one bidirectional stream per client, many watches on it.
 //!
-//! Owns: translating `WatchRequest`s into [`StreamHandle`] calls, and the stream's sender
-//! task, which turns hub messages into `WatchResponse`s (headers, event conversion,
-//! `prev_kv`, fragmentation) and runs catch-up whenever the client has taken everything.
-//! Must never: decide watch semantics (the hub does), or read requests while the stream's
-//! buffer is full (that is the backpressure bounding control messages).
+//! Owns: translating `WatchRequest`s into [`StreamHandle`] calls, and the stream's response
+//! side ([`WatchResponses`]), which turns hub messages into `WatchResponse`s (headers, event
+//! conversion, `prev_kv`, fragmentation) and runs catch-up whenever the client has taken
+//! everything. Must never: decide watch semantics (the hub does), or read requests while the
+//! stream's buffer is full (that is the backpressure bounding control messages).
 //!
-//! Stream end: when the client disconnects or resets the stream, the task ends and dropping
-//! the handle removes every watcher of the stream from the hub. When the member stops
-//! ([`WatchHub::shutdown`]) every stream ends with etcd's "server stopped" (Unavailable). Like etcd, a half-closed
-//! stream keeps delivering; keel then ends it cleanly once no watch on it can produce
-//! anything more (all cancelled), where etcd would leave it open.
+//! Two halves per stream: a task reads requests and ticks progress notifications; the
+//! response side is the stream tonic sends from, polled by the HTTP/2 stream itself, so an
+//! event costs one task wake per watch stream between the hub and the connection (a sender
+//! task in between would add a second). The hub's stream buffer is the only queue: nothing
+//! is converted before the connection can take it.
+//!
+//! Stream end: when the client disconnects or resets the stream, hyper drops the response
+//! side, which ends the request task, and dropping the handle removes every watcher of the
+//! stream from the hub. When the member stops ([`WatchHub::shutdown`]) every stream ends with
+//! etcd's "server stopped" (Unavailable). Like etcd, a half-closed stream keeps delivering;
+//! keel then ends it cleanly once no watch on it can produce anything more (all cancelled),
+//! where etcd would leave it open.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll};
 
+use futures::Stream;
 use keel_api::error::EtcdError;
 use keel_api::etcdserverpb::watch_create_request::FilterType;
 use keel_api::etcdserverpb::watch_request::RequestUnion;
@@ -24,20 +35,13 @@ use keel_api::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
 use keel_api::mvccpb;
 use keel_storage::{Event, EventKind};
 use prost::Message;
-use tokio::sync::mpsc;
+use tokio::sync::oneshot;
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::apply::range::to_pb;
 use crate::server::Server;
 use crate::watch::{CreateWatch, StreamHandle, WatchHub, WatchMessage, INVALID_WATCH_ID};
-
-/// Responses converted but not yet taken by tonic; the rest waits, bounded, in the hub's
-/// stream buffer (which is what decides demotion).
-const RESPONSES_IN_FLIGHT_MAX: usize = 16;
-/// How long a stopping member tries to hand each stream its final "server stopped" status.
-const STOP_NOTICE_WAIT: Duration = Duration::from_millis(500);
 
 pub struct WatchService {
     pub server: Arc<Server>,
@@ -46,44 +50,90 @@ pub struct WatchService {
 
 #[tonic::async_trait]
 impl Watch for WatchService {
-    type WatchStream = ReceiverStream<Result<WatchResponse, Status>>;
+    type WatchStream = WatchResponses;
 
     async fn watch(
         &self,
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let (tx, rx) = mpsc::channel(RESPONSES_IN_FLIGHT_MAX);
-        let stream = self.hub.open_stream();
-        tokio::spawn(serve_stream(
-            self.server.clone(),
-            stream,
+        let shared = Arc::new(Shared {
+            handle: self.hub.open_stream(),
+            requests: AtomicU8::new(READING),
+        });
+        let (gone, gone_seen) = oneshot::channel();
+        tokio::spawn(serve_requests(
+            shared.clone(),
             request.into_inner(),
-            tx,
+            gone_seen,
         ));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(WatchResponses {
+            server: self.server.clone(),
+            // etcd fragments above its request limit plus gRPC overhead.
+            fragment_bytes_max: self.server.limits.grpc_message_bytes_max(),
+            closed: Box::pin(shared.handle.closed()),
+            shared,
+            pending: VecDeque::new(),
+            _gone: gone,
+            ended: false,
+        }))
     }
 }
 
-/// The life of one watch stream: read requests, send responses, catch up, tick progress.
-async fn serve_stream(
+/// What the request side of a stream is doing (`Shared::requests`).
+const READING: u8 = 0;
+/// The client half-closed: no more requests, responses continue.
+const HALF_CLOSED: u8 = 1;
+/// Receiving failed (reset, broken connection): the stream ends.
+const FAILED: u8 = 2;
+
+/// What the two halves of one stream share.
+struct Shared {
+    handle: StreamHandle,
+    requests: AtomicU8,
+}
+
+impl Shared {
+    fn requests_ended(&self, how: u8) {
+        self.requests.store(how, Ordering::Release);
+        self.handle.wake();
+    }
+}
+
+/// The response side of one watch stream (see the module doc).
+pub struct WatchResponses {
     server: Arc<Server>,
-    stream: StreamHandle,
-    mut requests: Streaming<WatchRequest>,
-    tx: mpsc::Sender<Result<WatchResponse, Status>>,
-) {
-    // etcd fragments above its request limit plus gRPC overhead.
-    let fragment_bytes_max = server.limits.grpc_message_bytes_max();
-    let period = stream.hub().config().progress_notify_interval;
-    let mut ticker = interval_at(Instant::now() + period, period);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut pending: VecDeque<WatchResponse> = VecDeque::new();
-    let mut reading = true;
-    let closed = stream.closed();
-    tokio::pin!(closed);
-    loop {
-        if pending.is_empty() {
+    fragment_bytes_max: usize,
+    shared: Arc<Shared>,
+    /// The rest of a popped message's responses (fragments).
+    pending: VecDeque<WatchResponse>,
+    /// Resolves when the member stops.
+    closed: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// Dropped with the response side: tells the request task the stream is gone.
+    _gone: oneshot::Sender<()>,
+    ended: bool,
+}
+
+impl Stream for WatchResponses {
+    type Item = Result<WatchResponse, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        if this.closed.as_mut().poll(cx).is_ready() {
+            // The member is stopping: tell the client so it resumes elsewhere.
+            this.ended = true;
+            return Poll::Ready(Some(Err(EtcdError::Stopped.to_status())));
+        }
+        let stream = &this.shared.handle;
+        loop {
+            if let Some(response) = this.pending.pop_front() {
+                return Poll::Ready(Some(Ok(response)));
+            }
             if let Some(message) = stream.pop() {
-                pending.extend(to_responses(&server, message, fragment_bytes_max));
+                let responses = to_responses(&this.server, message, this.fragment_bytes_max);
+                this.pending.extend(responses);
                 continue;
             }
             // Catch-up runs only when the client has taken everything: a slow reader paces
@@ -91,39 +141,58 @@ async fn serve_stream(
             if stream.catch_up() {
                 continue;
             }
-            if !reading && stream.active_watchers() == 0 {
-                break; // half-closed and nothing can be sent any more
+            let finished = match this.shared.requests.load(Ordering::Acquire) {
+                READING => false,
+                // Half-closed and nothing can be sent any more.
+                HALF_CLOSED => stream.active_watchers() == 0,
+                _ => true,
+            };
+            if finished {
+                this.ended = true;
+                return Poll::Ready(None);
+            }
+            if stream.poll_woken(cx).is_pending() {
+                return Poll::Pending;
             }
         }
-        // Biased: a gone client first, then requests (so a busy stream still answers
-        // creates and cancels), then sending, then waiting.
+    }
+}
+
+/// The request side of one stream: reads requests while the stream's buffer has room, and
+/// ticks progress notifications, until the response side is gone.
+async fn serve_requests(
+    shared: Arc<Shared>,
+    mut requests: Streaming<WatchRequest>,
+    mut gone: oneshot::Receiver<()>,
+) {
+    let stream = &shared.handle;
+    let period = stream.hub().config().progress_notify_interval;
+    let mut ticker = interval_at(Instant::now() + period, period);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut reading = true;
+    loop {
+        // Biased: a gone stream first, then requests (so a busy stream still answers
+        // creates and cancels), then ticks.
         tokio::select! {
             biased;
-            _ = tx.closed() => break,
-            _ = &mut closed => {
-                // The member is stopping: tell the client so it resumes elsewhere. Bounded,
-                // so a client that reads nothing cannot hold up the shutdown.
-                let stopped = EtcdError::Stopped.to_status();
-                let _ = tokio::time::timeout(STOP_NOTICE_WAIT, tx.send(Err(stopped))).await;
-                break;
-            }
+            _ = &mut gone => break,
+            _ = stream.room(), if reading && !stream.has_room() => {}
             request = requests.message(), if reading && stream.has_room() => match request {
-                Ok(Some(request)) => handle_request(&stream, request),
-                Ok(None) => reading = false,
+                Ok(Some(request)) => handle_request(stream, request),
+                Ok(None) => {
+                    reading = false;
+                    shared.requests_ended(HALF_CLOSED);
+                }
                 Err(status) => {
                     tracing::debug!(%status, "watch stream receive failed");
+                    shared.requests_ended(FAILED);
                     break;
                 }
             },
-            permit = tx.reserve(), if !pending.is_empty() => match (permit, pending.pop_front()) {
-                (Ok(permit), Some(response)) => permit.send(Ok(response)),
-                _ => break,
-            },
-            _ = stream.woken(), if pending.is_empty() => {}
             _ = ticker.tick() => stream.progress_tick(),
         }
     }
-    // Dropping `stream` removes its watchers from the hub.
+    // The last of `shared` to go drops the handle, which removes its watchers from the hub.
 }
 
 fn handle_request(stream: &StreamHandle, request: WatchRequest) {

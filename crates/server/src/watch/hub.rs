@@ -624,9 +624,27 @@ impl StreamHandle {
         self.outbox.has_room()
     }
 
-    /// Resolves when there may be something new to pop or catch up.
+    /// Ready when there may be something new to pop or catch up (once per wake; a wake
+    /// before the poll counts).
+    pub fn poll_woken(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        self.outbox.poll_woken(cx)
+    }
+
+    /// Resolves when there may be something new to pop or catch up (a wake before the call
+    /// counts).
     pub async fn woken(&self) {
-        self.outbox.woken().await
+        std::future::poll_fn(|cx| self.poll_woken(cx)).await
+    }
+
+    /// Wakes whoever polls [`poll_woken`](Self::poll_woken) (the stream's state changed
+    /// outside the hub).
+    pub fn wake(&self) {
+        self.outbox.wake()
+    }
+
+    /// Resolves once the buffer had no room and a pop made some.
+    pub async fn room(&self) {
+        self.outbox.room().await
     }
 
     /// Resolves once the hub is shut down.
