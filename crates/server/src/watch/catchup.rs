@@ -26,6 +26,8 @@ struct Plan {
     target: i64,
     /// The smallest `next_rev` in `group`: the read's lower bound.
     from: i64,
+    /// Whether a watcher of `group` asked for `prev_kv` (only then is it read).
+    prev_kv: bool,
 }
 
 enum History {
@@ -67,10 +69,14 @@ impl HubState {
         let target = self.last_published;
         let mut ready = Vec::new();
         let mut group = Vec::new();
+        let mut prev_kv = false;
         for key in &state.unsynced {
             match self.watchers.get(key) {
                 Some(w) if w.next_rev > target => ready.push(*key),
-                Some(w) => group.push((*key, w.next_rev)),
+                Some(w) => {
+                    group.push((*key, w.next_rev));
+                    prev_kv |= w.prev_kv;
+                }
                 None => {}
             }
         }
@@ -90,6 +96,7 @@ impl HubState {
                 group,
                 target,
                 from,
+                prev_kv,
             }),
         )
     }
@@ -197,7 +204,12 @@ fn read_history(store: &Store, plan: &Plan, chunk_events_max: usize) -> History 
     // Publish follows the store commit, so the store holds every published revision; the
     // `min` only guards against a store restored behind the hub.
     let end = plan.target.min(view.current_revision());
-    match view.events(plan.from, end, chunk_events_max) {
+    let read = if plan.prev_kv {
+        view.events(plan.from, end, chunk_events_max)
+    } else {
+        view.events_without_prev_kv(plan.from, end, chunk_events_max)
+    };
+    match read {
         Ok(events) => {
             let truncated = chunk_events_max != 0 && events.len() >= chunk_events_max;
             let covered_end = match events.last() {

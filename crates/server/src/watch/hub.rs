@@ -73,7 +73,7 @@ pub(crate) struct Watcher {
     pub(crate) synced: bool,
     no_put: bool,
     no_delete: bool,
-    prev_kv: bool,
+    pub(crate) prev_kv: bool,
     fragment: bool,
     progress_notify: bool,
     /// Events were queued since the last progress tick (etcd then skips one notification).

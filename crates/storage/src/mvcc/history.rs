@@ -21,6 +21,7 @@ pub(crate) fn events<R: ReadTxn + ?Sized>(
     start_revision: i64,
     end_revision: i64,
     max_events: usize,
+    with_prev_kv: bool,
 ) -> Result<Vec<Event>> {
     if start_revision <= revs.compacted {
         return Err(StorageError::Compacted);
@@ -73,6 +74,9 @@ pub(crate) fn events<R: ReadTxn + ?Sized>(
             Ok(true)
         },
     )?;
+    if !with_prev_kv {
+        return Ok(events);
+    }
     let prev_revisions = {
         let index = index.read();
         // A compaction this snapshot predates may have forgotten versions it needs.

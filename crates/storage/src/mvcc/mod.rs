@@ -262,6 +262,26 @@ impl ReadView {
             start_revision,
             end_revision,
             max_events,
+            true,
+        )
+    }
+
+    /// [`events`](Self::events) without `prev_kv` (always `None`), which saves one random
+    /// read per event.
+    pub fn events_without_prev_kv(
+        &self,
+        start_revision: i64,
+        end_revision: i64,
+        max_events: usize,
+    ) -> Result<Vec<Event>> {
+        history::events(
+            &*self.txn,
+            &self.index,
+            self.revs,
+            start_revision,
+            end_revision,
+            max_events,
+            false,
         )
     }
 

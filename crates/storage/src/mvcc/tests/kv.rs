@@ -400,6 +400,16 @@ fn events_replay_history_in_revision_order(f: &Fixture) -> Result<()> {
     assert_eq!(view.events(2, 100, 3)?.len(), 3);
     assert_eq!(view.events(2, 100, 4)?.len(), 5, "revision 5 is not split");
     assert!(view.events(6, 100, 0)?.is_empty());
+    // The same events without the previous versions.
+    let bare = view.events_without_prev_kv(3, 100, 0)?;
+    assert_eq!(bare.len(), events.len());
+    for (bare, full) in bare.iter().zip(&events) {
+        assert_eq!(
+            (bare.kind, &bare.kv, &bare.prev_kv),
+            (full.kind, &full.kv, &None)
+        );
+    }
+    assert_eq!(view.events_without_prev_kv(2, 100, 4)?.len(), 5);
     Ok(())
 }
 
