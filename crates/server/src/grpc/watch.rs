@@ -171,13 +171,16 @@ async fn serve_requests(
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut reading = true;
     loop {
+        // Read once per turn: a publish can fill the buffer at any moment, and two reads
+        // could disable both branches below until the next tick.
+        let room = stream.has_room();
         // Biased: a gone stream first, then requests (so a busy stream still answers
         // creates and cancels), then ticks.
         tokio::select! {
             biased;
             _ = &mut gone => break,
-            _ = stream.room(), if reading && !stream.has_room() => {}
-            request = requests.message(), if reading && stream.has_room() => match request {
+            _ = stream.room(), if reading && !room => {}
+            request = requests.message(), if reading && room => match request {
                 Ok(Some(request)) => handle_request(stream, request),
                 Ok(None) => {
                     reading = false;

@@ -21,6 +21,11 @@
 //!   which the store is guaranteed to contain), then under the lock delivers it and joins
 //!   the watcher to the synced set iff nothing is left between its `next_rev` and the last
 //!   published revision. Publish and join serialise on the same lock: no gap, no duplicate.
+//! - Put events carry `prev_kv` only while some watcher asked for it (apply checks
+//!   [`WatchHub::has_prev_kv_watchers`] once per batch). A batch published with
+//!   `put_prev_kv_omitted` never reaches a `prev_kv` watcher through publish: a synced one
+//!   that matches one of its puts is demoted at that revision, and catch-up reads `prev_kv`
+//!   from history.
 //!
 //! Must never: block or do I/O in `publish`; hold the hub lock across a store read or an
 //! await; let one stream's slow reader delay another stream or apply.

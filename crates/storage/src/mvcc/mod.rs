@@ -255,15 +255,7 @@ impl ReadView {
         end_revision: i64,
         max_events: usize,
     ) -> Result<Vec<Event>> {
-        history::events(
-            &*self.txn,
-            &self.index,
-            self.revs,
-            start_revision,
-            end_revision,
-            max_events,
-            true,
-        )
+        self.history(start_revision, end_revision, max_events, true)
     }
 
     /// [`events`](Self::events) without `prev_kv` (always `None`), which saves one random
@@ -274,15 +266,18 @@ impl ReadView {
         end_revision: i64,
         max_events: usize,
     ) -> Result<Vec<Event>> {
-        history::events(
-            &*self.txn,
-            &self.index,
-            self.revs,
-            start_revision,
-            end_revision,
-            max_events,
-            false,
-        )
+        self.history(start_revision, end_revision, max_events, false)
+    }
+
+    fn history(
+        &self,
+        start: i64,
+        end: i64,
+        max_events: usize,
+        prev_kv: bool,
+    ) -> Result<Vec<Event>> {
+        let (txn, index) = (&*self.txn, &self.index);
+        history::events(txn, index, self.revs, start, end, max_events, prev_kv)
     }
 
     /// Every lease record, by ascending id.

@@ -260,17 +260,17 @@ impl TxnWriter<'_> {
         };
         let rev = self.write_version(key, &record)?;
         let kv = to_key_value(key, rev, &record, false);
-        let prev_kv = if self.batch.put_events_prev_kv {
-            prev.clone()
-        } else {
-            None
+        let (prev_kv, returned) = match (self.batch.put_events_prev_kv, return_prev) {
+            (true, true) => (prev.clone(), prev),
+            (true, false) => (prev, None),
+            (false, _) => (None, prev),
         };
         self.events.push(Event {
             kind: EventKind::Put,
             kv,
             prev_kv,
         });
-        Ok(prev)
+        Ok(returned)
     }
 
     /// etcd delete-range (same `(key, range_end)` forms as range): writes a tombstone for
