@@ -21,7 +21,7 @@ use futures::{Stream, TryStreamExt};
 use keel_api::keelpb::internal_request::Request as Command;
 use keel_api::keelpb::MemberAttributes;
 use keel_raft::{KeelRaft, MemLog, MemLogDisk, Member, RaftConfig};
-use keel_storage::{Backend, RedbBackend, Store, COMPACT_STEP_VERSIONS};
+use keel_storage::{Backend, BufferedBackend, RedbBackend, Store, COMPACT_STEP_VERSIONS};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -192,8 +192,10 @@ impl Node {
 
         let (store, log_disk) = match storage {
             Storage::DataDir { wrap } => {
-                let mut engine: Arc<dyn Backend> =
+                let file: Arc<dyn Backend> =
                     Arc::new(RedbBackend::open(member_dir.join("kv.redb"))?);
+                // Apply's commits reach redb a few milliseconds later, many at a time.
+                let mut engine: Arc<dyn Backend> = Arc::new(BufferedBackend::new(file)?);
                 if let Some(wrap) = wrap {
                     engine = wrap(engine);
                 }

@@ -11,6 +11,7 @@
 //! the last commit before it began; at most one writer at a time (a second `begin_write`
 //! waits); a write transaction dropped without `commit` leaves no trace.
 
+mod buffered;
 mod checked;
 mod fault;
 mod mem;
@@ -18,6 +19,7 @@ mod redb_engine;
 
 use std::ops::Bound;
 
+pub use buffered::BufferedBackend;
 pub use checked::CheckedBackend;
 pub use fault::{Fault, FaultPlan, FaultSpec, FaultyBackend};
 pub use mem::MemBackend;

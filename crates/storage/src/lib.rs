@@ -14,8 +14,8 @@ mod error;
 pub mod mvcc;
 
 pub use backend::{
-    Backend, CheckedBackend, Direction, Fault, FaultPlan, FaultSpec, FaultyBackend, MemBackend,
-    ReadTxn, RedbBackend, Table, WriteTxn,
+    Backend, BufferedBackend, CheckedBackend, Direction, Fault, FaultPlan, FaultSpec,
+    FaultyBackend, MemBackend, ReadTxn, RedbBackend, Table, WriteTxn,
 };
 pub use error::{Result, StorageError};
 pub use mvcc::{

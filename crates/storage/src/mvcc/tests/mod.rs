@@ -7,7 +7,7 @@ mod snapshot;
 use std::sync::Arc;
 
 use super::{KeyValue, RangeOptions, Store};
-use crate::backend::{Backend, MemBackend, RedbBackend};
+use crate::backend::{Backend, BufferedBackend, MemBackend, RedbBackend};
 use crate::error::Result;
 
 /// A store plus whatever keeps its backing storage alive.
@@ -37,7 +37,21 @@ pub(super) fn redb_fixture() -> Fixture {
     }
 }
 
-/// For each `name`, generates `name::mem` and `name::redb` tests calling
+/// redb behind the write-behind layer, as the server runs it.
+pub(super) fn buffered_fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine: Arc<dyn Backend> =
+        Arc::new(RedbBackend::open(dir.path().join("state.redb")).expect("open redb"));
+    let backend: Arc<dyn Backend> =
+        Arc::new(BufferedBackend::new(engine).expect("start write-behind"));
+    Fixture {
+        store: Store::open(backend.clone()).expect("open buffered store"),
+        backend,
+        _dir: Some(dir),
+    }
+}
+
+/// For each `name`, generates `name::mem`, `name::redb` and `name::buffered` tests calling
 /// `fn name(&Fixture) -> Result<()>`.
 macro_rules! backend_tests {
     ($($name:ident),* $(,)?) => {
@@ -51,6 +65,11 @@ macro_rules! backend_tests {
                 #[test]
                 fn redb() -> $crate::error::Result<()> {
                     super::$name(&$crate::mvcc::tests::redb_fixture())
+                }
+
+                #[test]
+                fn buffered() -> $crate::error::Result<()> {
+                    super::$name(&$crate::mvcc::tests::buffered_fixture())
                 }
             }
         )*
