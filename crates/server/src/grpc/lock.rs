@@ -8,14 +8,16 @@
 use std::sync::Arc;
 
 use keel_api::error::EtcdError;
-use keel_api::etcdserverpb::{DeleteRangeRequest, RangeRequest};
+use keel_api::etcdserverpb::DeleteRangeRequest;
 use keel_api::keelpb::internal_request::Request as Command;
 use keel_api::keelpb::internal_response::Response as Applied;
 use keel_api::v3lockpb::lock_server::Lock;
 use keel_api::v3lockpb::{LockRequest, LockResponse, UnlockRequest, UnlockResponse};
 use tonic::{Request, Response, Status};
 
-use crate::lock::{create_guarded, read_local, wait_for_predecessors, waiter_key, waiters_prefix};
+use crate::lock::{
+    create_guarded, created_revision, wait_for_predecessors, waiter_key, waiters_prefix,
+};
 use crate::server::Server;
 use crate::watch::WatchHub;
 
@@ -38,14 +40,7 @@ impl Lock for LockService {
         let (my_revision, _, guard) = create_guarded(server, &key, &[], req.lease).await?;
         wait_for_predecessors(server, &self.hub, &waiters_prefix(&req.name), my_revision).await?;
         // The lease may have expired while we waited: then the key is gone and so is the lock.
-        let mine = read_local(
-            server,
-            &RangeRequest {
-                key: key.clone(),
-                ..Default::default()
-            },
-        )?;
-        if mine.kvs.first().map(|kv| kv.create_revision) != Some(my_revision) {
+        if created_revision(server, &key)? != Some(my_revision) {
             return Err(EtcdError::LockSessionExpired.into());
         }
         if let Some(guard) = guard {

@@ -196,23 +196,29 @@ pub async fn wait_for_predecessors(
     my_revision: i64,
 ) -> Result<(), EtcdError> {
     hub.wait_published(my_revision).await?;
-    let newest_older = RangeRequest {
-        key: prefix.to_vec(),
-        range_end: prefix_end(prefix),
-        limit: 1,
-        sort_order: SortOrder::Descend as i32,
-        sort_target: SortTarget::Create as i32,
-        max_create_revision: my_revision - 1,
-        ..Default::default()
-    };
+    let range_end = prefix_end(prefix);
     loop {
-        let resp = read_local(server, &newest_older)?;
-        let Some(predecessor) = resp.kvs.first() else {
+        // The waiters' create revisions come from the key index: a handover reads no value.
+        let (predecessor, seen_at) = {
+            let view = server.store.read().map_err(storage_error)?;
+            let newest_older = view
+                .created(prefix, &range_end)
+                .into_iter()
+                .filter(|(_, created)| *created < my_revision)
+                .max_by_key(|(_, created)| *created);
+            (newest_older, view.current_revision())
+        };
+        let Some((predecessor, _)) = predecessor else {
             return Ok(());
         };
-        let seen_at = resp.header.as_ref().map_or(0, |h| h.revision);
-        wait_for_change(hub, &predecessor.key, &[], seen_at, true).await?;
+        wait_for_change(hub, &predecessor, &[], seen_at, true).await?;
     }
+}
+
+/// The create revision of `key` in this member's store as it is now, if the key exists.
+pub fn created_revision(server: &Server, key: &[u8]) -> Result<Option<i64>, EtcdError> {
+    let view = server.store.read().map_err(storage_error)?;
+    Ok(view.created(key, &[]).first().map(|(_, created)| *created))
 }
 
 /// Waits for a change to `[key, range_end)` after revision `seen_at` (only a deletion when

@@ -135,17 +135,17 @@ impl KeyIndex {
         older.checked_sub(1).map(|i| versions[i])
     }
 
-    /// Calls `visit(key, revision)` for every key in `bounds`, in key order, that is live at
+    /// Calls `visit(key, version)` for every key in `bounds`, in key order, that is live at
     /// `at_main`, until it returns `false`.
     pub(crate) fn visit_live(
         &self,
         bounds: (Bound<&[u8]>, Bound<&[u8]>),
         at_main: i64,
-        visit: &mut dyn FnMut(&[u8], Revision) -> bool,
+        visit: &mut dyn FnMut(&[u8], &Version) -> bool,
     ) {
         for (key, versions) in self.keys.range::<[u8], _>(bounds) {
             let live = visible(versions, at_main).filter(|v| !v.tombstone());
-            if live.is_some_and(|v| !visit(key, v.rev)) {
+            if live.is_some_and(|v| !visit(key, &v)) {
                 return;
             }
         }
@@ -285,8 +285,8 @@ mod tests {
 
     fn live(index: &KeyIndex, at: i64) -> Vec<(Vec<u8>, i64)> {
         let mut out = Vec::new();
-        index.visit_live((Bound::Unbounded, Bound::Unbounded), at, &mut |k, rev| {
-            out.push((k.to_vec(), rev.main));
+        index.visit_live((Bound::Unbounded, Bound::Unbounded), at, &mut |k, v| {
+            out.push((k.to_vec(), v.rev.main));
             true
         });
         out

@@ -285,6 +285,19 @@ impl ReadView {
         read::leases(&*self.txn)
     }
 
+    /// Each live key of the etcd range `(key, range_end)` (as [`range`](Self::range) reads
+    /// it) with its create revision, in key order, at this snapshot's revision. From the key
+    /// index alone: no stored version is read, so there is no value and no checksum check.
+    pub fn created(&self, key: &[u8], range_end: &[u8]) -> Vec<(Vec<u8>, i64)> {
+        let mut out = Vec::new();
+        let index = self.index.read();
+        read::visit_live_at(&index, key, range_end, self.revs.current, &mut |k, v| {
+            out.push((k.to_vec(), v.create_revision));
+            true
+        });
+        out
+    }
+
     /// The keys attached to `lease` in this snapshot, in key order. (The index keeps only
     /// the newest attachments: a key moved to another lease after this snapshot is missing.)
     pub fn attached_keys(&self, lease: i64) -> Vec<Vec<u8>> {

@@ -7,7 +7,7 @@
 use std::ops::Bound;
 
 use super::encoding::{decode_entry, revision_key, VersionRecord};
-use super::index::{KeyIndex, SharedIndex};
+use super::index::{KeyIndex, SharedIndex, Version};
 use super::types::{KeyValue, RangeOptions, RangeResult, Revision};
 use super::Revs;
 use crate::backend::{Direction, ReadTxn, Table};
@@ -60,11 +60,11 @@ pub(crate) fn visit_live_at(
     key: &[u8],
     range_end: &[u8],
     at_main: i64,
-    visit: &mut dyn FnMut(&[u8], Revision) -> bool,
+    visit: &mut dyn FnMut(&[u8], &Version) -> bool,
 ) {
     let bounds = if range_end.is_empty() {
         if let Some(version) = index.visible(key, at_main).filter(|v| !v.tombstone()) {
-            visit(key, version.rev);
+            visit(key, &version);
         }
         return;
     } else if range_end == [0] {
@@ -117,10 +117,10 @@ pub(crate) fn range<R: ReadTxn + ?Sized>(
     {
         let index = index.read();
         index.check_readable(at_main)?;
-        visit_live_at(&index, key, range_end, at_main, &mut |_, rev| {
+        visit_live_at(&index, key, range_end, at_main, &mut |_, v| {
             count += 1;
             if !opts.count_only && found.len() < limit {
-                found.push(rev);
+                found.push(v.rev);
             }
             true
         });

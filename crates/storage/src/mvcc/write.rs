@@ -282,8 +282,8 @@ impl TxnWriter<'_> {
             key,
             range_end,
             self.main,
-            &mut |_, rev| {
-                revisions.push(rev);
+            &mut |_, v| {
+                revisions.push(v.rev);
                 true
             },
         );

@@ -20,6 +20,7 @@ backend_tests!(
     meta_and_leases_commit_with_data,
     attached_keys_and_lease_lookup_see_the_batch,
     put_without_prev_numbers_versions_from_the_index,
+    created_lists_live_keys_with_create_revisions,
 );
 
 fn revisions_rise_once_per_writing_txn(f: &Fixture) -> Result<()> {
@@ -548,5 +549,35 @@ fn put_without_prev_numbers_versions_from_the_index(f: &Fixture) -> Result<()> {
     let r9 = put_blind(&reopened, b"k", b"g", false)?.revision;
     let kv = get(&reopened, b"k", 0)?.expect("recreated");
     assert_eq!((kv.create_revision, kv.version), (r9, 1));
+    Ok(())
+}
+
+/// `ReadView::created` answers from the key index what a range would: live keys only, each
+/// generation's create revision, nothing newer than the snapshot.
+fn created_lists_live_keys_with_create_revisions(f: &Fixture) -> Result<()> {
+    let store = &f.store;
+    let a = put(store, b"w/a", b"1")?;
+    let b = put(store, b"w/b", b"1")?;
+    put(store, b"w/a", b"2")?; // a new version keeps the generation's create revision
+    put(store, b"x", b"1")?; // outside the range
+    let c = put(store, b"w/c", b"1")?;
+    delete(store, b"w/b", b"")?;
+    let view = store.read()?;
+    let want = vec![(b"w/a".to_vec(), a), (b"w/c".to_vec(), c)];
+    assert_eq!(view.created(b"w/", b"w0"), want);
+    assert_eq!(view.created(b"w/a", b""), vec![(b"w/a".to_vec(), a)]);
+    assert_eq!(view.created(b"w/b", b""), vec![]);
+    let b2 = put(store, b"w/b", b"again")?;
+    assert!(b2 > b);
+    assert_eq!(
+        view.created(b"w/", b"w0"),
+        want,
+        "a later put is not in an older view"
+    );
+    assert_eq!(
+        store.read()?.created(b"w/b", b""),
+        vec![(b"w/b".to_vec(), b2)],
+        "a recreated key has a new create revision"
+    );
     Ok(())
 }
