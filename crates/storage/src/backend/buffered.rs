@@ -588,6 +588,13 @@ mod tests {
         BufferedBackend::new(inner).expect("start write-behind")
     }
 
+    /// Commits one put in its own write transaction.
+    fn put_one(backend: &BufferedBackend, key: &[u8], value: &[u8], durable: bool) {
+        let mut txn = backend.begin_write().unwrap();
+        txn.put(Table::Kv, key, value).unwrap();
+        txn.commit(durable).unwrap();
+    }
+
     fn everything(
         txn: &dyn ReadTxn,
         table: Table,
@@ -716,9 +723,7 @@ mod tests {
     fn commits_reach_the_inner_engine() {
         let inner = Arc::new(MemBackend::new());
         let buffered = buffered_over(inner.clone());
-        let mut txn = buffered.begin_write().unwrap();
-        txn.put(Table::Kv, b"a", b"1").unwrap();
-        txn.commit(false).unwrap();
+        put_one(&buffered, b"a", b"1", false);
         assert_eq!(
             buffered.begin_read().unwrap().get(Table::Kv, b"a").unwrap(),
             Some(b"1".to_vec())
@@ -737,9 +742,7 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(1));
         }
-        let mut txn = buffered.begin_write().unwrap();
-        txn.put(Table::Kv, b"b", b"2").unwrap();
-        txn.commit(false).unwrap();
+        put_one(&buffered, b"b", b"2", false);
         drop(buffered);
         assert_eq!(
             inner.begin_read().unwrap().get(Table::Kv, b"b").unwrap(),
@@ -753,9 +756,7 @@ mod tests {
         let inner = Arc::new(MemBackend::new());
         let buffered = buffered_over(inner.clone());
         for (i, durable) in [(0u8, false), (1, false), (2, true)] {
-            let mut txn = buffered.begin_write().unwrap();
-            txn.put(Table::Kv, &[i], &[i]).unwrap();
-            txn.commit(durable).unwrap();
+            put_one(&buffered, &[i], &[i], durable);
         }
         let seen = everything(&*inner.begin_read().unwrap(), Table::Kv, Direction::Forward);
         assert_eq!(
@@ -771,9 +772,7 @@ mod tests {
     fn a_clearing_transaction_writes_directly_and_stays_isolated() {
         let inner = Arc::new(MemBackend::new());
         let buffered = buffered_over(inner.clone());
-        let mut txn = buffered.begin_write().unwrap();
-        txn.put(Table::Kv, b"old", b"1").unwrap();
-        txn.commit(false).unwrap();
+        put_one(&buffered, b"old", b"1", false);
         let before = buffered.begin_read().unwrap();
         let mut txn = buffered.begin_write().unwrap();
         txn.clear(Table::Kv).unwrap();
@@ -839,9 +838,7 @@ mod tests {
         ));
         let buffered = buffered_over(inner);
         plan.arm(FaultSpec::always(Fault::CommitError));
-        let mut txn = buffered.begin_write().unwrap();
-        txn.put(Table::Kv, b"a", b"1").unwrap();
-        txn.commit(false).unwrap();
+        put_one(&buffered, b"a", b"1", false);
         assert!(buffered.flush().is_err());
         assert_eq!(
             buffered.begin_read().unwrap().get(Table::Kv, b"a").unwrap(),
