@@ -299,7 +299,6 @@ impl KeelRaft {
         self.raft.metrics().borrow_watched().current_term
     }
 
-    /// Whether this member leads, and the leader it knows of (cheap).
     /// The term this member leads in, if it believes it is the leader.
     pub fn leader_term(&self) -> Option<u64> {
         let metrics = self.raft.metrics();
@@ -307,6 +306,7 @@ impl KeelRaft {
         (m.state == ServerState::Leader).then_some(m.current_term)
     }
 
+    /// Whether this member leads, and the leader it knows of (cheap).
     pub fn leadership(&self) -> (bool, Option<NodeId>) {
         let metrics = self.raft.metrics();
         let m = metrics.borrow_watched();

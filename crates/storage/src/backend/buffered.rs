@@ -138,6 +138,8 @@ struct Shared {
     state: Mutex<State>,
     /// Wakes the flusher: the first layer arrived, a threshold was crossed, or closing.
     wake: Condvar,
+    /// Signalled after each flush that wrote layers out.
+    flushed: Condvar,
     /// Held by the one write transaction.
     writer: Gate,
     /// Held while layers are written to the inner engine (flushes, direct transactions).
@@ -216,6 +218,7 @@ impl Shared {
                 let bytes: usize = layers.iter().map(|l| l.bytes).sum();
                 state.layers.drain(..layers.len());
                 state.bytes -= bytes;
+                self.flushed.notify_all();
                 Ok(())
             }
             Err(e) => {
@@ -269,6 +272,7 @@ impl BufferedBackend {
             inner,
             state: Mutex::default(),
             wake: Condvar::new(),
+            flushed: Condvar::new(),
             writer: Gate::default(),
             flushing: Gate::default(),
         });
@@ -337,11 +341,14 @@ struct View {
 }
 
 impl View {
+    /// `top` (a write transaction's own changes), then the layers, newest first.
+    fn newest_first<'a>(&'a self, top: Option<&'a Layer>) -> impl Iterator<Item = &'a Layer> {
+        top.into_iter()
+            .chain(self.layers.iter().rev().map(|l| &**l))
+    }
+
     fn get_under(&self, top: Option<&Layer>, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let layers = top
-            .into_iter()
-            .chain(self.layers.iter().rev().map(|l| &**l));
-        for layer in layers {
+        for layer in self.newest_first(top) {
             if let Some(found) = layer.lookup(table, key) {
                 return Ok(found.map(<[u8]>::to_vec));
             }
@@ -364,10 +371,7 @@ impl View {
         let mut overlay: BTreeMap<&[u8], Option<&[u8]>> = BTreeMap::new();
         let mut inner_hidden = false;
         let i = table.index();
-        for layer in top
-            .into_iter()
-            .chain(self.layers.iter().rev().map(|l| &**l))
-        {
+        for layer in self.newest_first(top) {
             for (key, value) in layer.tables[i].range::<[u8], _>(bounds) {
                 overlay.entry(key.as_slice()).or_insert(value.as_deref());
             }
@@ -588,6 +592,13 @@ mod tests {
         BufferedBackend::new(inner).expect("start write-behind")
     }
 
+    /// The layer over an in-memory engine the test can read directly.
+    fn over_mem() -> (Arc<MemBackend>, BufferedBackend) {
+        let inner = Arc::new(MemBackend::new());
+        let buffered = buffered_over(inner.clone());
+        (inner, buffered)
+    }
+
     /// Commits one put in its own write transaction.
     fn put_one(backend: &BufferedBackend, key: &[u8], value: &[u8], durable: bool) {
         let mut txn = backend.begin_write().unwrap();
@@ -721,27 +732,28 @@ mod tests {
     /// time, and is handed over when the wrapper is dropped.
     #[test]
     fn commits_reach_the_inner_engine() {
-        let inner = Arc::new(MemBackend::new());
-        let buffered = buffered_over(inner.clone());
+        let (inner, buffered) = over_mem();
         put_one(&buffered, b"a", b"1", false);
         assert_eq!(
             buffered.begin_read().unwrap().get(Table::Kv, b"a").unwrap(),
             Some(b"1".to_vec())
         );
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while inner
-            .begin_read()
-            .unwrap()
-            .get(Table::Kv, b"a")
-            .unwrap()
-            .is_none()
-        {
-            assert!(
-                Instant::now() < deadline,
-                "the flusher never wrote the commit out"
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        let shared = &buffered.shared;
+        let (state, waited) = shared
+            .flushed
+            .wait_timeout_while(shared.state(), Duration::from_secs(10), |s| {
+                !s.layers.is_empty()
+            })
+            .unwrap();
+        assert!(
+            !waited.timed_out(),
+            "the flusher never wrote the commit out"
+        );
+        drop(state);
+        assert_eq!(
+            inner.begin_read().unwrap().get(Table::Kv, b"a").unwrap(),
+            Some(b"1".to_vec())
+        );
         put_one(&buffered, b"b", b"2", false);
         drop(buffered);
         assert_eq!(
@@ -753,8 +765,7 @@ mod tests {
     /// A durable commit writes every buffered commit out in a durable inner commit.
     #[test]
     fn a_durable_commit_writes_everything_out() {
-        let inner = Arc::new(MemBackend::new());
-        let buffered = buffered_over(inner.clone());
+        let (inner, buffered) = over_mem();
         for (i, durable) in [(0u8, false), (1, false), (2, true)] {
             put_one(&buffered, &[i], &[i], durable);
         }
@@ -770,8 +781,7 @@ mod tests {
     /// seeing the state before it until it commits, and the result is the same.
     #[test]
     fn a_clearing_transaction_writes_directly_and_stays_isolated() {
-        let inner = Arc::new(MemBackend::new());
-        let buffered = buffered_over(inner.clone());
+        let (inner, buffered) = over_mem();
         put_one(&buffered, b"old", b"1", false);
         let before = buffered.begin_read().unwrap();
         let mut txn = buffered.begin_write().unwrap();
@@ -797,8 +807,7 @@ mod tests {
     /// A transaction past [`DIRECT_BYTES`] stops buffering itself and still commits whole.
     #[test]
     fn a_transaction_past_the_direct_limit_writes_directly() {
-        let inner = Arc::new(MemBackend::new());
-        let buffered = buffered_over(inner.clone());
+        let (_, buffered) = over_mem();
         let value = vec![7u8; 64 << 10];
         let count = DIRECT_BYTES / value.len() + 2;
         let mut txn = buffered.begin_write().unwrap();
