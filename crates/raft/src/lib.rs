@@ -59,6 +59,10 @@ pub enum RaftError {
     /// Waited past the deadline.
     #[error("timed out")]
     Timeout,
+    /// The entry was appended here, then dropped when this member took another leader's log;
+    /// it may still commit through that leader (or not): the outcome is unknown.
+    #[error("entry discarded on a leader change")]
+    Discarded,
     /// Raft stopped (storage failure or shutdown).
     #[error("raft stopped: {0}")]
     Fatal(String),
@@ -218,9 +222,7 @@ impl KeelRaft {
     pub async fn write(&self, payload: Vec<u8>) -> Result<(u64, Vec<u8>), RaftError> {
         match self.raft.client_write(Request { payload }).await {
             Ok(resp) => Ok((resp.log_id.index, resp.data.payload)),
-            Err(openraft::errors::RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(forward(f.leader_id, f.leader_node))
-            }
+            Err(openraft::errors::RaftError::APIError(e)) => Err(write_error(e)),
             Err(e) => Err(fatal(e)),
         }
     }
@@ -374,6 +376,14 @@ fn forward(leader: Option<NodeId>, member: Option<Member>) -> RaftError {
     match (leader, member) {
         (Some(leader), Some(member)) => RaftError::ForwardTo { leader, member },
         _ => RaftError::NoLeader,
+    }
+}
+
+fn write_error(e: ClientWriteError<TypeConfig>) -> RaftError {
+    match e {
+        ClientWriteError::ForwardToLeader(f) => forward(f.leader_id, f.leader_node),
+        ClientWriteError::LogEntryDiscarded(_) => RaftError::Discarded,
+        e => fatal(e),
     }
 }
 

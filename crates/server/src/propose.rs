@@ -340,6 +340,7 @@ pub fn raft_error(e: RaftError) -> EtcdError {
         RaftError::ForwardTo { .. } => EtcdError::NotLeader,
         RaftError::NoLeader => EtcdError::NoLeader,
         RaftError::Timeout => EtcdError::Timeout,
+        RaftError::Discarded => EtcdError::LeaderChanged,
         RaftError::Fatal(msg) => {
             tracing::error!(error = %msg, "raft stopped");
             EtcdError::Stopped

@@ -17,6 +17,8 @@
 //!   keep-alives of A go on for a while, then stop.
 //! - `leader_cut_off_stops_renewing_leases`: lease A (TTL 5 s) is kept alive only through
 //!   the leader, whose peer links are then cut for 12 s while the keep-alives go on.
+//! - `write_lost_with_a_cut_off_leaders_log_answers_leader_changed`: a put the cut-off
+//!   leader appended but could not commit is dropped when it takes the new leader's log.
 
 mod common;
 // The process harness (real `keel` processes, SIGSTOP/SIGCONT); this binary uses a part.
@@ -25,7 +27,7 @@ mod process;
 
 use std::time::{Duration, Instant};
 
-use common::{eventually, init_tracing, put_req, range_req, LEADER_WAIT};
+use common::{eventually, get, init_tracing, put_req, range_req, LEADER_WAIT};
 use keel_api::etcdserverpb::kv_client::KvClient;
 use keel_api::etcdserverpb::lease_client::LeaseClient;
 use keel_api::etcdserverpb::{LeaseGrantRequest, LeaseKeepAliveRequest, PutRequest};
@@ -340,4 +342,56 @@ async fn leader_cut_off_stops_renewing_leases() {
     cluster.heal().await;
     wait_gone(&mut rec, &mut kvs, &["cut/a"]).await;
     validate(&rec, new_leader_seen_ns - cut_at_ns);
+}
+
+/// A put the cut-off leader appended (it still believes it leads) cannot commit: the others
+/// elect a leader whose log replaces that entry once the links heal. The put's client must
+/// hear etcd's "leader changed" (the outcome of a proposal lost to a leader change), not a
+/// "server stopped" from a member that did not stop, and the put must not have happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_lost_with_a_cut_off_leaders_log_answers_leader_changed() {
+    init_tracing();
+    let mut cluster = ProcCluster::start(3).await;
+    let leader = cluster.wait_for_leader(LEADER_WAIT).await;
+    let follower = (0..3).find(|&i| i != leader).expect("a follower");
+
+    tracing::info!("--- phase 1: cut m{leader} off, then put through it");
+    cluster.isolate(leader);
+    let mut old = cluster.kv(leader);
+    let lost = tokio::spawn(async move {
+        tokio::time::timeout(LEADER_WAIT * 2, old.put(put_req("cut/lost", "v"))).await
+    });
+
+    tracing::info!("--- phase 2: the others elect a leader and write");
+    let mut kv = cluster.kv(follower);
+    eventually(
+        "a put through the majority side",
+        LEADER_WAIT,
+        async || match tokio::time::timeout(CALL_TIMEOUT * 3, kv.put(put_req("cut/kept", "v")))
+            .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(status)) => Err(status.to_string()),
+            Err(_) => Err("put timed out".into()),
+        },
+    )
+    .await;
+    assert!(
+        !lost.is_finished(),
+        "the cut-off leader answered the put before the heal"
+    );
+
+    tracing::info!("--- phase 3: heal; the lost put is answered");
+    cluster.heal().await;
+    let answer = lost
+        .await
+        .expect("put task")
+        .expect("the put is answered once the old leader takes the new log");
+    let status = answer.expect_err("a put only the cut-off leader had cannot commit");
+    assert_eq!(status.message(), "etcdserver: leader changed", "{status:?}");
+    let read = get(&mut kv, range_req("cut/lost", "")).await;
+    assert!(
+        read.kvs.is_empty(),
+        "the lost put is in the store: {read:?}"
+    );
 }
