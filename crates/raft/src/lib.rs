@@ -222,7 +222,12 @@ impl KeelRaft {
     pub async fn write(&self, payload: Vec<u8>) -> Result<(u64, Vec<u8>), RaftError> {
         match self.raft.client_write(Request { payload }).await {
             Ok(resp) => Ok((resp.log_id.index, resp.data.payload)),
-            Err(openraft::errors::RaftError::APIError(e)) => Err(write_error(e)),
+            Err(openraft::errors::RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(forward(f.leader_id, f.leader_node))
+            }
+            Err(openraft::errors::RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
+                Err(RaftError::Discarded)
+            }
             Err(e) => Err(fatal(e)),
         }
     }
@@ -376,14 +381,6 @@ fn forward(leader: Option<NodeId>, member: Option<Member>) -> RaftError {
     match (leader, member) {
         (Some(leader), Some(member)) => RaftError::ForwardTo { leader, member },
         _ => RaftError::NoLeader,
-    }
-}
-
-fn write_error(e: ClientWriteError<TypeConfig>) -> RaftError {
-    match e {
-        ClientWriteError::ForwardToLeader(f) => forward(f.leader_id, f.leader_node),
-        ClientWriteError::LogEntryDiscarded(_) => RaftError::Discarded,
-        e => fatal(e),
     }
 }
 
