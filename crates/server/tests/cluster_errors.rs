@@ -9,7 +9,14 @@ mod common;
 use common::*;
 use keel_api::etcdserverpb::compare::{CompareResult, TargetUnion};
 use keel_api::etcdserverpb::kv_client::KvClient;
-use keel_api::etcdserverpb::{CompactionRequest, PutRequest, RangeRequest, RequestOp, TxnRequest};
+use keel_api::etcdserverpb::lease_client::LeaseClient;
+use keel_api::etcdserverpb::{
+    CompactionRequest, LeaseGrantRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
+};
+use keel_api::v3electionpb::election_client::ElectionClient;
+use keel_api::v3electionpb::{CampaignRequest, LeaderRequest};
+use keel_api::v3lockpb::lock_client::LockClient;
+use keel_api::v3lockpb::{LockRequest, UnlockRequest};
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -438,4 +445,72 @@ async fn check_revisions(kv: &mut Kv) {
     );
     let now = get(kv, at(0)).await;
     assert_eq!(rev(&now), current, "failed requests wrote no revision");
+}
+
+/// The lock and election services refuse what etcd refuses: requests past the size limit
+/// (etcd checks the size of every proposal, and its gRPC layer refuses bigger messages) and
+/// an unlock of no key (etcd's Unlock deletes through its KV service, which wants a key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_and_election_requests_get_etcd_errors() {
+    let cluster = TestCluster::start(1, &["--max-request-bytes", "4096"]).await;
+    let ch = cluster.channel(0);
+    let mut lock = LockClient::new(ch.clone());
+    let mut election = ElectionClient::new(ch.clone());
+    let lease = LeaseClient::new(ch)
+        .lease_grant(LeaseGrantRequest { ttl: 60, id: 0 })
+        .await
+        .expect("grant")
+        .into_inner()
+        .id;
+    let big = vec![b'n'; 5000];
+    let bad = Code::InvalidArgument;
+
+    tracing::info!("--- phase 1: past --max-request-bytes");
+    let name = big.clone();
+    let held = lock.lock(LockRequest { name, lease }).await;
+    assert_etcd_error("lock, name too large", held, bad, TOO_LARGE);
+    let key = big.clone();
+    let unlocked = lock.unlock(UnlockRequest { key }).await;
+    assert_etcd_error("unlock, key too large", unlocked, bad, TOO_LARGE);
+    let campaign = CampaignRequest {
+        name: b"e".to_vec(),
+        lease,
+        value: big.clone(),
+    };
+    let won = election.campaign(campaign).await;
+    assert_etcd_error("campaign, value too large", won, bad, TOO_LARGE);
+    let name = big.clone();
+    let leader = election.leader(LeaderRequest { name }).await;
+    assert_etcd_error("leader, name too large", leader, bad, TOO_LARGE);
+
+    tracing::info!("--- phase 2: past the gRPC message limit");
+    let name = vec![b'n'; 4096 + 512 * 1024 + 1];
+    let refused = lock
+        .lock(LockRequest { name, lease })
+        .await
+        .expect_err("huge");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .starts_with("grpc: received message larger than max"),
+        "{refused:?}"
+    );
+
+    tracing::info!("--- phase 3: unlock of no key");
+    let unlocked = lock.unlock(UnlockRequest { key: vec![] }).await;
+    assert_etcd_error("unlock of no key", unlocked, bad, EMPTY_KEY);
+
+    tracing::info!("--- phase 4: under the limit both work");
+    let name = vec![b'n'; 1000];
+    let held = lock.lock(LockRequest { name, lease }).await.expect("lock");
+    let key = held.into_inner().key;
+    lock.unlock(UnlockRequest { key }).await.expect("unlock");
+    let campaign = CampaignRequest {
+        name: b"e".to_vec(),
+        lease,
+        value: vec![b'v'; 1000],
+    };
+    election.campaign(campaign).await.expect("campaign");
+    cluster.shutdown().await;
 }

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::BoxStream;
+use super::{check_size, BoxStream};
 use crate::lock::{
     create_guarded, create_revision_is, first_waiter, op_delete, op_put, prefix_end, read, txn,
     wait_for_change, wait_for_predecessors, waiter_key, waiters_prefix,
@@ -73,6 +73,7 @@ impl ElectionService {
 impl Election for ElectionService {
     async fn campaign(&self, request: Request<CampaignRequest>) -> Reply<CampaignResponse> {
         let req = request.into_inner();
+        check_size(&req, &self.server.limits)?;
         if req.name.is_empty() {
             return Err(EtcdError::EmptyKey.into());
         }
@@ -112,11 +113,13 @@ impl Election for ElectionService {
 
     async fn proclaim(&self, request: Request<ProclaimRequest>) -> Reply<ProclaimResponse> {
         let req = request.into_inner();
+        check_size(&req, &self.server.limits)?;
         let leader = req.leader.ok_or(EtcdError::ElectionMissingLeaderKey)?;
         Ok(Response::new(self.proclaim_as(&leader, &req.value).await?))
     }
 
     async fn leader(&self, request: Request<LeaderRequest>) -> Reply<LeaderResponse> {
+        check_size(request.get_ref(), &self.server.limits)?;
         let name = request.into_inner().name;
         let (kv, revision) = first_waiter(&self.server, &waiters_prefix(&name)).await?;
         let kv = kv.ok_or(EtcdError::ElectionNoLeader)?;
@@ -129,6 +132,7 @@ impl Election for ElectionService {
     type ObserveStream = BoxStream<LeaderResponse>;
 
     async fn observe(&self, request: Request<LeaderRequest>) -> Reply<Self::ObserveStream> {
+        check_size(request.get_ref(), &self.server.limits)?;
         let prefix = waiters_prefix(&request.into_inner().name);
         let (tx, rx) = mpsc::channel(OBSERVE_BUFFER);
         let server = self.server.clone();
@@ -174,6 +178,7 @@ impl Election for ElectionService {
     }
 
     async fn resign(&self, request: Request<ResignRequest>) -> Reply<ResignResponse> {
+        check_size(request.get_ref(), &self.server.limits)?;
         let leader = request
             .into_inner()
             .leader

@@ -15,11 +15,11 @@ use keel_api::etcdserverpb::{
 };
 use keel_api::keelpb::internal_request::Request as Command;
 use keel_api::keelpb::internal_response::Response as Applied;
-use prost::Message;
 use tonic::{Request, Response, Status};
 
+use super::check_size;
 use crate::apply::range::{range, storage_error};
-use crate::server::{Limits, Server};
+use crate::server::Server;
 
 pub struct KvService {
     pub server: Arc<Server>,
@@ -107,21 +107,6 @@ impl Kv for KvService {
             _ => Err(wrong_response()),
         }
     }
-}
-
-fn check_size(req: &impl Message, limits: &Limits) -> Result<(), Status> {
-    let len = req.encoded_len();
-    if len > limits.grpc_message_bytes_max() {
-        // What grpc-go (and so etcd) answers for a message over its receive limit.
-        let max = limits.grpc_message_bytes_max();
-        return Err(Status::resource_exhausted(format!(
-            "grpc: received message larger than max ({len} vs. {max})"
-        )));
-    }
-    if len > limits.max_request_bytes {
-        return Err(EtcdError::RequestTooLarge.into());
-    }
-    Ok(())
 }
 
 fn check_key(key: &[u8]) -> Result<(), EtcdError> {

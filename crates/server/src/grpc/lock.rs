@@ -15,6 +15,7 @@ use keel_api::v3lockpb::lock_server::Lock;
 use keel_api::v3lockpb::{LockRequest, LockResponse, UnlockRequest, UnlockResponse};
 use tonic::{Request, Response, Status};
 
+use super::check_size;
 use crate::lock::{
     create_guarded, created_revision, wait_for_predecessors, waiter_key, waiters_prefix,
 };
@@ -32,6 +33,7 @@ pub struct LockService {
 impl Lock for LockService {
     async fn lock(&self, request: Request<LockRequest>) -> Reply<LockResponse> {
         let req = request.into_inner();
+        check_size(&req, &self.server.limits)?;
         if req.name.is_empty() {
             return Err(EtcdError::EmptyKey.into());
         }
@@ -55,6 +57,11 @@ impl Lock for LockService {
 
     async fn unlock(&self, request: Request<UnlockRequest>) -> Reply<UnlockResponse> {
         let req = request.into_inner();
+        check_size(&req, &self.server.limits)?;
+        // etcd deletes the key through its KV service, which refuses an empty key.
+        if req.key.is_empty() {
+            return Err(EtcdError::EmptyKey.into());
+        }
         let del = DeleteRangeRequest {
             key: req.key,
             ..Default::default()

@@ -18,6 +18,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
+use keel_api::error::EtcdError;
+use prost::Message;
 
 use keel_api::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
@@ -29,11 +31,29 @@ use keel_api::v3lockpb::lock_server::LockServer;
 use keel_raft::{ForMember, PEER_MESSAGE_BYTES_MAX};
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Routes;
+use tonic::Status;
 
-use crate::server::Server;
+use crate::server::{Limits, Server};
 
 /// The response stream type of every server-streaming RPC keel serves.
 pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, tonic::Status>> + Send + 'static>>;
+
+/// etcd's size limits on a request message: past `--max-request-bytes` "request is too
+/// large"; past that plus gRPC's overhead, grpc-go's own refusal (what etcd's gRPC layer says).
+pub(crate) fn check_size(req: &impl Message, limits: &Limits) -> Result<(), Status> {
+    let len = req.encoded_len();
+    if len > limits.grpc_message_bytes_max() {
+        // What grpc-go (and so etcd) answers for a message over its receive limit.
+        let max = limits.grpc_message_bytes_max();
+        return Err(Status::resource_exhausted(format!(
+            "grpc: received message larger than max ({len} vs. {max})"
+        )));
+    }
+    if len > limits.max_request_bytes {
+        return Err(EtcdError::RequestTooLarge.into());
+    }
+    Ok(())
+}
 
 /// Every client-facing service, with decode limits above `--max-request-bytes`.
 pub async fn client_routes(server: &Arc<Server>) -> Routes {
@@ -70,14 +90,20 @@ pub async fn client_routes(server: &Arc<Server>) -> Routes {
             server: server.clone(),
         }))
         .add_service(AuthServer::new(unimplemented::NotYet))
-        .add_service(LockServer::new(lock::LockService {
-            server: server.clone(),
-            hub: server.watch_hub.clone(),
-        }))
-        .add_service(ElectionServer::new(election::ElectionService {
-            server: server.clone(),
-            hub: server.watch_hub.clone(),
-        }))
+        .add_service(
+            LockServer::new(lock::LockService {
+                server: server.clone(),
+                hub: server.watch_hub.clone(),
+            })
+            .max_decoding_message_size(limit),
+        )
+        .add_service(
+            ElectionServer::new(election::ElectionService {
+                server: server.clone(),
+                hub: server.watch_hub.clone(),
+            })
+            .max_decoding_message_size(limit),
+        )
         .add_service(health);
     routes.routes()
 }
