@@ -19,8 +19,6 @@ use std::sync::Arc;
 
 use futures::Stream;
 use keel_api::error::EtcdError;
-use prost::Message;
-
 use keel_api::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
     lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
@@ -29,6 +27,7 @@ use keel_api::keelpb::peer_server::PeerServer;
 use keel_api::v3electionpb::election_server::ElectionServer;
 use keel_api::v3lockpb::lock_server::LockServer;
 use keel_raft::{ForMember, PEER_MESSAGE_BYTES_MAX};
+use prost::Message;
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Routes;
 use tonic::Status;
