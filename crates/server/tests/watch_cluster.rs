@@ -101,29 +101,28 @@ async fn write(
     for i in 0..PUTS {
         let key = format!("w/{i:03}");
         let mut attempt = 0;
-        loop {
+        // Retries on the next member (at `eventually`'s poll interval) while a new leader is
+        // elected, until the put is acknowledged.
+        let acked = eventually(&format!("put {key}"), LEADER_WAIT, async || {
             assert!(attempt < PUT_ATTEMPTS_MAX, "put {key}: too many attempts");
             let value = format!("{i}.{attempt}");
             match kvs[target].put(put_req(&key, &value)).await {
-                Ok(resp) => {
-                    let revision = rev(&resp.into_inner());
-                    written.acked.push(Put {
-                        revision,
-                        key,
-                        value,
-                    });
-                    break;
-                }
+                Ok(resp) => Ok(Put {
+                    revision: rev(&resp.into_inner()),
+                    key: key.clone(),
+                    value,
+                }),
                 Err(status) => {
                     tracing::warn!(key, target, %status, "put failed; outcome unknown, retrying");
                     written.unknown.push((key.clone(), value));
                     target = (target + 1) % kvs.len();
                     attempt += 1;
-                    // Retry cadence while a new leader is elected, not a synchroniser.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Err(status.to_string())
                 }
             }
-        }
+        })
+        .await;
+        written.acked.push(acked);
         if i + 1 == KILL_AFTER {
             kill_tx.send(()).await.expect("killer listens");
         }
